@@ -1,0 +1,13 @@
+"""jaxlsq: differentiable least squares for JAX."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._lstsq import LstsqResult as LstsqResult
+from ._lstsq import lstsq as lstsq
+
+try:
+    __version__ = version("jaxlsq")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["LstsqResult", "lstsq", "__version__"]

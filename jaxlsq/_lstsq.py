@@ -1,0 +1,216 @@
+"""The public least-squares solver: validate, promote, dispatch to the SVD solve."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from . import _validate
+from ._factor import matmul
+from ._svd_solve import keep_mask, singular_values, solve
+
+
+class LstsqResult(NamedTuple):
+    """Result of :func:`jaxlsq.lstsq`; unpacks like the tuple of ``numpy.linalg.lstsq``.
+
+    Attributes:
+      x: the minimum-norm least-squares solution, shape ``(..., N)`` or ``(..., N, K)``.
+      residuals: squared 2-norm of each column of ``b - a @ x``, shape ``(..., 1)`` for a
+        vector ``b`` and ``(..., K)`` otherwise (NumPy's empty array only with
+        ``numpy_resid=True``).
+      rank: the number of singular values above the cutoff, int32, shape ``(...)``.
+      singular_values: all ``min(M, N)`` singular values of ``a``, descending, shape
+        ``(..., min(M, N))``.
+    """
+
+    x: jax.Array
+    residuals: jax.Array
+    rank: jax.Array
+    singular_values: jax.Array
+
+
+def lstsq(
+    a: ArrayLike,
+    b: ArrayLike,
+    rcond: ArrayLike | None = None,
+    *,
+    numpy_resid: bool = False,
+) -> LstsqResult:
+    r"""Minimum-norm least-squares solution of ``a @ x = b``, differentiable at any rank.
+
+    A drop-in replacement for :func:`numpy.linalg.lstsq` and :func:`jax.numpy.linalg.lstsq`
+    that works under ``jit``, ``vmap``, ``grad``, ``jvp`` and ``hessian``, whose derivatives stay
+    finite and correct for orthonormal, rank-deficient and zero matrices.
+
+    Args:
+      a: coefficient matrix of shape ``(M, N)``, or a batch ``(..., M, N)``.
+      b: right-hand side of shape ``(M,)`` (one vector), ``(M, K)`` or ``(..., M, K)``. ``b`` is a
+        single vector only when ``b.ndim == 1``; batch dimensions of ``a`` and ``b`` broadcast.
+      rcond: cut-off ratio for small singular values: ``s_i <= rcond * s_max`` are treated as
+        zero. ``None`` (the default) means ``eps * max(M, N)`` with ``eps`` the machine epsilon
+        of the input dtype. Following LAPACK's ``gelsd`` (which NumPy calls), a value ``<= 0`` or
+        ``>= 1`` means ``eps / 2``. May be a traced scalar under ``jit``; changing it does not
+        recompile.
+      numpy_resid: if True, return residuals exactly as NumPy does: an empty array when the rank
+        is below ``N`` or ``M <= N``. That shape depends on values, so it works only outside
+        ``jit``/``vmap``/``grad`` and for unbatched ``a``.
+
+    Returns:
+      :class:`LstsqResult` ``(x, residuals, rank, singular_values)``. ``x`` and ``residuals``
+      have the promoted input dtype (``residuals`` and ``singular_values`` its real part).
+
+    Raises:
+      ValueError: wrong number of dimensions, rows of ``a`` and ``b`` that differ, batch
+        dimensions that do not broadcast, ``rcond`` not a scalar, or ``numpy_resid=True`` where
+        values are not known.
+      TypeError: a non-numeric ``a``, ``b`` or ``rcond``.
+
+    Notes:
+      The solution is :math:`x = A^+ b = V \Sigma^+ U^H b` from the thin SVD
+      :math:`A = U \Sigma V^H`, with :math:`\Sigma^+` inverting the kept singular values.
+
+      Derivatives (forward, reverse and higher order) come from custom JVP rules, not from
+      differentiating the SVD. For ``x`` they implement the constant-rank derivative of the
+      pseudo-inverse (Golub & Pereyra 1973), with :math:`r = b - A x`:
+
+      .. math::
+
+         dx = A^+ (db - dA\,x) + A^+ A^{+H} dA^H r + (I - A^+ A)\, dA^H A^{+H} x.
+
+      The rank is the one fixed by the ``rcond`` cutoff at the evaluation point. Where a
+      perturbation would change the rank (a singular value at or near the cutoff moving across
+      it, or a zero singular value becoming nonzero), :math:`A^+` is discontinuous and no
+      derivative exists; the returned derivative is then the one of the constant-rank
+      extension: dropped singular directions stay dropped, which is the derivative along every
+      rank-preserving perturbation and a finite, well-defined choice for the others. The residuals'
+      derivative follows by the chain rule. Singular values use
+      :math:`ds_i = \mathrm{Re}(u_i^H\, dA\, v_i)`: their derivative where values are distinct and
+      nonzero; where values repeat only directional derivatives exist, and the rule is exact for
+      symmetric functions of a repeated group (its sum, its sum of squares); at a zero value (a
+      kink, like :math:`|t|`) it is the finite slope of the signed branch. Their second
+      derivatives follow JAX's SVD rule and exist only where values are distinct.
+      For one right-hand side the first-order work is :math:`O(MNK)` beyond the one factorization;
+      second-order work adds dense factor tangents of :math:`O(MN\min(M, N))`.
+
+      Differences from :func:`numpy.linalg.lstsq`: residuals are always returned (NumPy returns
+      an empty array when the rank is below ``N`` or ``M <= N``; pass ``numpy_resid=True`` for
+      that); batches are supported; integer and boolean inputs promote like ``jax.numpy``; float16
+      and bfloat16 inputs are solved in float32 and returned in their own dtype; NaN or inf in
+      ``a`` gives NaN in ``x``, ``residuals`` and ``singular_values`` and rank 0, NaN or inf in a
+      column of ``b`` gives NaN in that column of ``x`` and its residual (NumPy raises or returns
+      garbage). Differences from :func:`jax.numpy.linalg.lstsq`: the cutoff drops
+      ``s <= rcond * s_max`` like NumPy (jnp keeps ``s >= rcond * s_max``), ``rcond <= 0`` or
+      ``>= 1`` follow LAPACK, ``rank`` is int32 like NumPy, and the derivatives are defined at
+      every rank (jnp's are NaN or wrong at repeated or zero singular values).
+
+    References:
+      G. H. Golub and V. Pereyra, "The differentiation of pseudo-inverses and nonlinear least
+      squares problems whose variables separate", SIAM J. Numer. Anal. 10(2), 1973.
+      G. W. Stewart, "On the perturbation of pseudo-inverses, projections and linear least
+      squares problems", SIAM Review 19(4), 1977.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxlsq
+      >>> a = jnp.array([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])
+      >>> b = jnp.array([-1.0, 0.2, 0.9, 2.1])
+      >>> x, residuals, rank, s = jaxlsq.lstsq(a, b)
+      >>> x.round(3).tolist(), int(rank)
+      ([1.0, -0.95], 2)
+    """
+    func = "jaxlsq.lstsq"
+    plan = _validate.plan_lstsq(a, b, func)
+    _validate.check_rcond(rcond, func)
+    if numpy_resid:
+        _check_numpy_resid(plan, rcond)
+    m, n = plan.a.shape[-2:]
+    k = plan.b.shape[-1]
+    rcond_eff = _effective_rcond(rcond, plan.dtype, plan.compute_dtype, m, n)
+    if m == 0 or n == 0:
+        x, residuals, rank, s = _empty(plan)
+    else:
+        x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff)
+    x = jnp.broadcast_to(x, (*plan.batch_shape, n, k)).astype(plan.dtype)
+    residuals = jnp.broadcast_to(residuals, (*plan.batch_shape, k))
+    residuals = residuals.astype(jnp.finfo(plan.dtype).dtype)
+    rank = jnp.broadcast_to(rank, plan.batch_shape)
+    s = jnp.broadcast_to(s, (*plan.batch_shape, min(m, n))).astype(jnp.finfo(plan.dtype).dtype)
+    if plan.b_is_vector:
+        x = x[..., 0]
+    if numpy_resid and (int(rank) < n or m <= n):
+        residuals = jnp.zeros((0,), residuals.dtype)
+    return LstsqResult(x, residuals, rank, s)
+
+
+def _effective_rcond(
+    rcond: ArrayLike | None, dtype: np.dtype, compute_dtype: np.dtype, m: int, n: int
+) -> jax.Array:
+    """The cutoff ratio NumPy (through LAPACK's gelsd) uses, as a scalar of the real compute dtype.
+
+    eps is the input dtype's: a float16 matrix carries float16 rounding, however it is solved.
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    real = jnp.finfo(compute_dtype).dtype
+    if rcond is None:
+        return jnp.asarray(eps * max(m, n), real)
+    rcond = jnp.asarray(rcond, real)
+    return jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, real), rcond)
+
+
+def _check_numpy_resid(plan: _validate.Plan, rcond: ArrayLike | None) -> None:
+    if not _validate.is_concrete(plan.a, plan.b, rcond):
+        raise ValueError(
+            "jaxlsq.lstsq: numpy_resid=True needs concrete values, but was called under a JAX "
+            "transformation (jit, vmap, grad, ...), where the residuals' shape cannot depend on "
+            "the rank. Use the default numpy_resid=False and select the residuals yourself, e.g. "
+            "jnp.where((rank == N) & (M > N), residuals, jnp.nan)."
+        )
+    if plan.batch_shape:
+        raise ValueError(
+            f"jaxlsq.lstsq: numpy_resid=True follows numpy.linalg.lstsq, which takes one matrix; "
+            f"got a batch of shape {plan.batch_shape}. Use numpy_resid=False and mask the "
+            "residuals with rank == N and M > N."
+        )
+
+
+def _empty(plan: _validate.Plan) -> tuple[jax.Array, ...]:
+    """M == 0 or N == 0: x = 0, rank 0, no singular values, residuals ||b||^2 (as NumPy)."""
+    a, b = plan.a, plan.b
+    n = a.shape[-1]
+    x = jnp.zeros((n, b.shape[-1]), a.dtype)
+    residuals = _squared_norms(b)
+    rank = jnp.zeros(a.shape[:-2], jnp.int32)
+    s = jnp.zeros((*a.shape[:-2], 0), jnp.finfo(a.dtype).dtype)
+    return x, residuals, rank, s
+
+
+def _squared_norms(r: jax.Array) -> jax.Array:
+    """Squared 2-norm of each column, smooth at zero (unlike norm(r) ** 2)."""
+    return jnp.sum(jnp.real(r * jnp.conj(r)), axis=-2)
+
+
+@partial(jax.jit, inline=True)
+def _lstsq_core(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, ...]:
+    """Solve on a's own batch shape; b's batch dimensions broadcast through the products.
+
+    Non-finite entries are replaced by zeros before the SVD (LAPACK may misbehave on them) and
+    the affected outputs are set to NaN afterwards.
+    """
+    finite_a = jnp.all(jnp.isfinite(a), axis=(-2, -1))
+    finite_b = jnp.all(jnp.isfinite(b), axis=-2)
+    a = jnp.where(finite_a[..., None, None], a, 0)
+    b = jnp.where(finite_b[..., None, :], b, 0)
+    x = solve(a, b, rcond)
+    residuals = _squared_norms(b - matmul(a, x))
+    s = singular_values(a)
+    rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
+    ok = finite_a[..., None] & finite_b  # (..., K)
+    x = jnp.where(ok[..., None, :], x, jnp.nan)
+    residuals = jnp.where(ok, residuals, jnp.nan)
+    s = jnp.where(finite_a[..., None], s, jnp.nan)
+    rank = jnp.where(finite_a, rank, 0)
+    return x, residuals, rank, s

@@ -1,0 +1,95 @@
+"""Matrix factories, reference answers and tolerances shared by the tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Relative tolerances by dtype for solutions and derivatives of well-posed problems.
+RTOL = {
+    np.dtype(np.float32): 2e-4,
+    np.dtype(np.complex64): 2e-4,
+    np.dtype(np.float64): 1e-10,
+    np.dtype(np.complex128): 1e-10,
+}
+
+
+def rtol(dtype) -> float:
+    return RTOL[np.dtype(dtype)]
+
+
+def randn(rng: np.random.Generator, shape, complex_: bool = False) -> np.ndarray:
+    x = rng.standard_normal(shape)
+    if complex_:
+        x = x + 1j * rng.standard_normal(shape)
+    return x
+
+
+def orthonormal(rng, m, k, complex_=False) -> np.ndarray:
+    """An m x k matrix with orthonormal columns (k <= m)."""
+    q, _ = np.linalg.qr(randn(rng, (m, k), complex_))
+    return q
+
+
+def with_singular_values(rng, m, n, s, complex_=False) -> np.ndarray:
+    """An m x n matrix U diag(s) V^H with random orthonormal U, V; len(s) <= min(m, n)."""
+    s = np.asarray(s, dtype=float)
+    u = orthonormal(rng, m, len(s), complex_)
+    v = orthonormal(rng, n, len(s), complex_)
+    return (u * s) @ v.conj().T
+
+
+def low_rank(rng, m, n, r, complex_=False) -> np.ndarray:
+    return randn(rng, (m, r), complex_) @ randn(rng, (r, n), complex_)
+
+
+def dummy_trap(rng, groups=3, per_group=4) -> np.ndarray:
+    """One-hot group indicators plus an intercept column: rank = groups, N = groups + 1."""
+    labels = np.repeat(np.arange(groups), per_group)
+    rng.shuffle(labels)
+    onehot = np.eye(groups)[labels]
+    return np.concatenate([onehot, np.ones((len(labels), 1))], axis=1)
+
+
+def battery(rng, complex_=False) -> dict[str, tuple[np.ndarray, float | None]]:
+    """The derivative battery: name -> (matrix, rcond), each with exactly known rank."""
+    zero_col = randn(rng, (8, 3), complex_)
+    zero_col[:, 1] = 0
+    dup = randn(rng, (8, 4), complex_)
+    dup[:, 3] = dup[:, 1]
+    return {
+        "identity": (np.eye(5), None),
+        "orthonormal_columns": (orthonormal(rng, 10, 4, complex_), None),
+        "zero_column": (zero_col, None),
+        "zero_matrix": (np.zeros((4, 3)), None),
+        "duplicated_column": (dup, None),
+        "dummy_variable_trap": (dummy_trap(rng), None),
+        "tall_rank_deficient": (low_rank(rng, 10, 5, 2, complex_), None),
+        "wide_rank_deficient": (low_rank(rng, 4, 9, 2, complex_), None),
+        "repeated_singular_values": (
+            with_singular_values(rng, 8, 5, [3, 3, 3, 0.5, 0.5], complex_),
+            None,
+        ),
+        "tiny_singular_value_cut": (
+            with_singular_values(rng, 7, 4, [2, 1, 0.5, 1e-5], complex_),
+            1e-3,
+        ),
+    }
+
+
+def pinv_solve(a, b, rcond):
+    """Reference x = pinv(a) @ b through jnp.linalg.pinv's own derivative rule (float64)."""
+    if rcond is None:
+        rcond = np.finfo(np.float64).eps * max(a.shape[-2:])
+    return jnp.matmul(jnp.linalg.pinv(a, rtol=rcond), b, precision=jax.lax.Precision.HIGHEST)
+
+
+def assert_close(actual, desired, rtol, atol_scale=1.0, err_msg=""):
+    """Relative closeness scaled by the size of the reference, as for derivatives."""
+    actual = np.asarray(actual)
+    desired = np.asarray(desired)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape, err_msg)
+    assert np.all(np.isfinite(actual)), f"non-finite values {err_msg}"
+    scale = max(np.max(np.abs(desired), initial=0.0), atol_scale)
+    np.testing.assert_allclose(actual, desired, rtol=0, atol=rtol * scale, err_msg=err_msg)

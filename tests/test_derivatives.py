@@ -1,0 +1,332 @@
+"""Derivatives of jaxlsq.lstsq at every rank, against independent references.
+
+References: jnp.linalg.pinv(a) @ b differentiated in float64 (pinv has its own constant-rank
+custom JVP), central finite differences in float64 along rank-preserving curves
+A(t) = (B + t dB)(C + t dC), and jax.test_util.check_grads on full-rank inputs.
+"""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, battery, pinv_solve, randn
+from jax.test_util import check_grads
+
+import jaxlsq
+
+CASES = list(battery(np.random.default_rng(0)))
+DTYPES = {"float64": (np.float64, np.complex128), "float32": (np.float32, np.complex64)}
+
+
+def problem(case, complex_, seed=0):
+    """The battery matrix, its rcond, a right-hand side, a rank-preserving curve and weights."""
+    rng = np.random.default_rng(seed + 1000 * CASES.index(case) + 7 * complex_)
+    a, rcond = battery(rng, complex_)[case]
+    a = a.astype(np.complex128 if complex_ else np.float64)
+    m, n = a.shape
+    b = randn(rng, (m, 2), complex_)
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    cut = (rcond if rcond else np.finfo(float).eps * max(m, n)) * s[0]
+    r = int(np.sum(s > cut))
+    tail = (u[:, r:] * s[r:]) @ vh[r:] if r < min(m, n) else 0 * a  # what rcond cuts
+    big_b, big_c = u[:, :r] * s[:r], vh[:r]
+    d_b, d_c = randn(rng, big_b.shape, complex_), randn(rng, big_c.shape, complex_)
+    curve = lambda t: (big_b + t * d_b) @ (big_c + t * d_c) + tail  # noqa: E731
+    da = d_b @ big_c + big_b @ d_c
+    db = randn(rng, b.shape, complex_)
+    weights = randn(rng, (n, 2), complex_)
+    # The tiny-value case: the cut singular value (1e-5) is not exactly zero, so the truncated
+    # pseudo-inverse differs from the exact-rank formula by O(s_cut / s_kept) = 2e-5.
+    model_error = 1e-5 / 0.5 if rcond else 0.0
+    cond = s[0] / s[r - 1] if r else 1.0
+    return a, b, rcond, curve, da, db, weights, model_error, cond
+
+
+def loss(solve, weights):
+    """A generic real scalar of x and residuals, so every entry of the Jacobian matters."""
+
+    def f(a, b):
+        x, res = solve(a, b)
+        return jnp.sum(jnp.abs(x) ** 2) + jnp.sum(jnp.real(weights * x)) + 0.5 * jnp.sum(res)
+
+    return f
+
+
+def jaxlsq_solve(rcond):
+    return lambda a, b: tuple(jaxlsq.lstsq(a, b, rcond)[:2])
+
+
+def reference_solve(rcond):
+    def solve(a, b):
+        x = pinv_solve(a, b, rcond)
+        r = b - jnp.matmul(a, x, precision=jax.lax.Precision.HIGHEST)
+        return x, jnp.sum(jnp.real(r * jnp.conj(r)), axis=0)
+
+    return solve
+
+
+def tolerance(dtype, cond, model_error, order=1):
+    eps = np.finfo(dtype).eps
+    return max(100 * eps * cond ** (order + 1), 10 * model_error)
+
+
+def split(f):
+    """f(a, b) of complex a, b as a function of their real and imaginary parts (for jacfwd)."""
+    return lambda ar, ai, br, bi: f(ar + 1j * ai, br + 1j * bi)
+
+
+@pytest.mark.parametrize("precision", DTYPES)
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("case", CASES)
+def test_first_order(case, complex_, precision):
+    a, b, rcond, curve, da, db, weights, model_error, cond = problem(case, complex_)
+    dtype = DTYPES[precision][complex_]
+    tol = tolerance(dtype, cond, model_error)
+    x_of = jax.jit(lambda a, b: jaxlsq.lstsq(a, b, rcond)[:2])
+    ref_of = jax.jit(reference_solve(rcond))
+    a_d, b_d = a.astype(dtype), b.astype(dtype)
+    da_d, db_d = da.astype(dtype), db.astype(dtype)
+
+    # forward mode against the pinv reference (float64)
+    (x, res), (dx, dres) = jax.jvp(x_of, (a_d, b_d), (da_d, db_d))
+    (x_ref, res_ref), (dx_ref, dres_ref) = jax.jvp(ref_of, (a, b), (da, db))
+    assert_close(x, x_ref, tol, err_msg="x")
+    assert_close(dx, dx_ref, tol, err_msg="dx")
+    assert_close(dres, dres_ref, tol, err_msg="d residuals")
+
+    # reverse mode against the reference
+    f = loss(jaxlsq_solve(rcond), weights.astype(dtype))
+    grads = jax.jit(jax.grad(f, argnums=(0, 1)))(a_d, b_d)
+    grads_ref = jax.grad(loss(reference_solve(rcond), weights), argnums=(0, 1))(a, b)
+    assert_close(grads[0], grads_ref[0], tol, err_msg="grad a")
+    assert_close(grads[1], grads_ref[1], tol, err_msg="grad b")
+
+    # central finite differences in float64 along a rank-preserving curve
+    h = 1e-5
+    x_plus = np.asarray(x_of(curve(h), b + h * db)[0])
+    x_minus = np.asarray(x_of(curve(-h), b - h * db)[0])
+    fd = (x_plus - x_minus) / (2 * h)
+    assert_close(dx, fd, max(tol, 1e-7 * cond**2), err_msg="finite differences")
+
+
+def second_order_setup(case, complex_, dtype):
+    a, b, rcond, curve, da, db, weights, model_error, cond = problem(case, complex_)
+    f = loss(jaxlsq_solve(rcond), weights.astype(dtype))
+    args = (a.real, a.imag, b.real, b.imag) if complex_ else (a, b)
+    if complex_:
+        f = split(f)
+    args_d = tuple(np.asarray(x, dtype=np.finfo(dtype).dtype) for x in args)
+    tol = tolerance(dtype, cond, model_error, order=2)
+    return f, args_d, tuple(range(len(args))), tol
+
+
+@functools.cache
+def reference_hessian(case, complex_):
+    a, b, rcond, curve, da, db, weights, model_error, cond = problem(case, complex_)
+    f_ref = loss(reference_solve(rcond), weights)
+    args = (a.real, a.imag, b.real, b.imag) if complex_ else (a, b)
+    if complex_:
+        f_ref = split(f_ref)
+    return jax.jit(jax.hessian(f_ref, tuple(range(len(args)))))(*args)
+
+
+def assert_hessians_close(got, want, tol, name):
+    for i, row in enumerate(want):
+        for j, block in enumerate(row):
+            assert_close(got[i][j], block, tol, err_msg=f"{name} block {i}{j}")
+
+
+@pytest.mark.parametrize("precision", DTYPES)
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("case", CASES)
+def test_hessian_forward_over_reverse(case, complex_, precision):
+    f, args, argnums, tol = second_order_setup(case, complex_, DTYPES[precision][complex_])
+    got = jax.jit(jax.hessian(f, argnums))(*args)
+    assert_hessians_close(got, reference_hessian(case, complex_), tol, "hessian")
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("case", CASES)
+def test_reverse_over_reverse_and_forward_over_forward(case, complex_):
+    f, args, argnums, tol = second_order_setup(case, complex_, DTYPES["float64"][complex_])
+    both = jax.jit(
+        lambda *args: (
+            jax.jacrev(jax.jacrev(f, argnums), argnums)(*args),
+            jax.jacfwd(jax.jacfwd(f, argnums), argnums)(*args),
+        )
+    )
+    rev_rev, fwd_fwd = both(*args)
+    want = reference_hessian(case, complex_)
+    assert_hessians_close(rev_rev, want, tol, "jacrev(jacrev)")
+    assert_hessians_close(fwd_fwd, want, tol, "jacfwd(jacfwd)")
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("case", CASES)
+def test_second_order_along_rank_preserving_curves(case, complex_):
+    """d^2/dt^2 x(A(t), b + t db) by forward over forward vs a float64 second difference."""
+    a, b, rcond, curve, da, db, weights, model_error, cond = problem(case, complex_)
+    x_t = jax.jit(lambda t: jaxlsq.lstsq(curve(t), b + t * db, rcond).x)
+    second = jax.jit(lambda t: jax.jvp(lambda s: jax.jvp(x_t, (s,), (1.0,))[1], (t,), (1.0,))[1])
+    h = 1e-4
+    fd = (np.asarray(x_t(h)) - 2 * np.asarray(x_t(0.0)) + np.asarray(x_t(-h))) / h**2
+    assert_close(
+        second(0.0), fd, max(1e-5 * cond**3, 10 * model_error), err_msg="second difference"
+    )
+
+
+FULL_RANK = {
+    "tall": (7, 4),
+    "wide": (3, 6),
+    "square": (4, 4),
+}
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("shape", FULL_RANK)
+def test_check_grads_full_rank(shape, complex_):
+    rng = np.random.default_rng(11)
+    a = randn(rng, FULL_RANK[shape], complex_)
+    b = randn(rng, (a.shape[0], 2), complex_)
+
+    def f(a, b):
+        x, residuals, _, s = jaxlsq.lstsq(a, b)
+        return x, residuals, s
+
+    # eps is the finite-difference step: central differences err by eps^2 times the third derivative
+    check_grads(jax.jit(f), (a, b), order=2, modes=("fwd", "rev"), eps=1e-5, atol=1e-6, rtol=1e-6)
+
+
+def test_singular_values_where_values_repeat_or_vanish():
+    """Repeated values have only directional derivatives; ds_i = Re(u_i^H dA v_i) is finite there and
+    exact for every symmetric function of a repeated group (its sum, sum of squares), checked
+    against central differences. A zero value has a kink (|t|): its rule value is finite."""
+    rng = np.random.default_rng(12)
+    a = battery(rng)["repeated_singular_values"][0]
+    a = np.concatenate([a, a[:, :1]], axis=1)  # values (4.01, 3, 3, 0.53, 0.5, 0)
+    s = np.linalg.svd(a, compute_uv=False)
+    assert abs(s[1] - s[2]) < 1e-12 and s[5] < 1e-12 and np.all(np.diff(s)[[0, 2, 3]] < -1e-2)
+    da = randn(rng, a.shape)
+    h = 1e-6
+
+    def fd(g):
+        plus = np.linalg.svd(a + h * da, compute_uv=False)
+        minus = np.linalg.svd(a - h * da, compute_uv=False)
+        return (g(plus) - g(minus)) / (2 * h)
+
+    _, ds = jax.jvp(lambda a: jaxlsq.lstsq(a, np.ones(8)).singular_values, (a,), (da,))
+    assert np.all(np.isfinite(ds))
+    for g in (
+        lambda s: jnp.sum(s[1:3]),  # the repeated pair
+        lambda s: jnp.sum(s[1:3] ** 2),
+        lambda s: s[0] + 2 * s[3] - s[4],  # distinct values, one by one
+        lambda s: jnp.sum(s**2),  # the zero value included: s^2 is smooth
+    ):
+        _, d = jax.jvp(lambda a: g(jaxlsq.lstsq(a, np.ones(8)).singular_values), (a,), (da,))
+        np.testing.assert_allclose(d, fd(g), rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_under_vmap_match_one_by_one():
+    rng = np.random.default_rng(13)
+    mats = battery(rng)
+    a = np.stack(
+        [mats["duplicated_column"][0], mats["zero_column"][0][:, [0, 1, 2, 0]], np.eye(8)[:, :4]]
+    )
+    b = randn(rng, (3, 8, 2))
+    f = lambda a, b: jnp.sum(jaxlsq.lstsq(a, b).x ** 2)  # noqa: E731
+    batched = jax.jit(jax.vmap(jax.grad(f, argnums=(0, 1))))(a, b)
+    hess = jax.jit(jax.vmap(jax.hessian(f)))(a, b)
+    ref = reference_solve(None)
+    g = lambda a, b: jnp.sum(ref(a, b)[0] ** 2)  # noqa: E731
+    for i in range(3):
+        want = jax.grad(g, argnums=(0, 1))(a[i], b[i])
+        assert_close(batched[0][i], want[0], 1e-10)
+        assert_close(batched[1][i], want[1], 1e-10)
+        assert_close(hess[i], jax.hessian(g)(a[i], b[i]), 1e-9)
+
+
+def test_jnp_lstsq_fails_where_jaxlsq_does_not():
+    """The motivating bug, kept visible: jnp.linalg.lstsq's gradient at the identity is NaN."""
+    b = np.arange(1.0, 5.0)
+    f_jnp = lambda a: jnp.sum(jnp.linalg.lstsq(a, b)[0] ** 2)  # noqa: E731
+    f_ours = lambda a: jnp.sum(jaxlsq.lstsq(a, b).x ** 2)  # noqa: E731
+    assert not np.all(np.isfinite(jax.grad(f_jnp)(np.eye(4))))
+    np.testing.assert_allclose(jax.grad(f_ours)(np.eye(4)), -2 * np.outer(b, b), atol=1e-12)
+
+
+# --- cost: one factorization, first-order work O(M N K) -------------------------------------
+
+SVD_CALL = re.compile(r'custom_call_target="[^"]*(gesdd|gesvd|svd)[^"]*"', re.IGNORECASE)
+
+
+def compiled(f, *args):
+    return jax.jit(f).lower(*args).compile()
+
+
+def count_svds(f, *args) -> int:
+    return len(SVD_CALL.findall(compiled(f, *args).as_text()))
+
+
+def flops(f, *args) -> float:
+    cost = compiled(f, *args).cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX returns one dict per device
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def value_and_grad_of_x(a, b):
+    return jax.value_and_grad(lambda a, b: jnp.sum(jaxlsq.lstsq(a, b).x ** 2), argnums=(0, 1))(a, b)
+
+
+@pytest.mark.parametrize("shape", [(60, 12), (12, 60), (20, 20)])
+def test_value_and_grad_runs_one_svd(shape):
+    rng = np.random.default_rng(14)
+    a, b = randn(rng, shape), randn(rng, (shape[0],))
+    assert count_svds(lambda a, b: jaxlsq.lstsq(a, b).x, a, b) == 1
+    assert count_svds(value_and_grad_of_x, a, b) == 1
+    full = jax.value_and_grad(
+        lambda a, b: (
+            jnp.sum(jnp.stack([jnp.sum(o) for o in jaxlsq.lstsq(a, b)[:2]]))
+            + jnp.sum(jaxlsq.lstsq(a, b).singular_values)
+        ),
+        argnums=(0, 1),
+    )
+    assert count_svds(full, a, b) == 1
+    assert (
+        count_svds(lambda a, b: jax.hessian(lambda a: jnp.sum(jaxlsq.lstsq(a, b).x ** 2))(a), a, b)
+        == 1
+    )
+
+
+def test_gradient_work_is_linear_in_n_for_one_rhs():
+    """XLA's flop count (the SVD custom call excluded) of jit(value_and_grad) doubles with N.
+
+    An O(M N min(M, N)) tangent (a formed pseudo-inverse, dense factor derivatives) would
+    quadruple it.
+    """
+    rng = np.random.default_rng(15)
+    m = 800
+    counts = [flops(value_and_grad_of_x, randn(rng, (m, n)), randn(rng, (m,))) for n in (40, 80)]
+    assert counts[1] / counts[0] < 2.6, counts
+
+
+def test_vmap_over_columns_of_b_is_one_svd_and_matches():
+    rng = np.random.default_rng(16)
+    a, b = randn(rng, (9, 4)), randn(rng, (9, 5))
+    a[:, 3] = a[:, 0]
+    by_column = lambda a, b: jax.vmap(lambda bk: jaxlsq.lstsq(a, bk).x, in_axes=1, out_axes=1)(b)  # noqa: E731
+    np.testing.assert_allclose(
+        jax.jit(by_column)(a, b), jaxlsq.lstsq(a, b).x, rtol=1e-12, atol=1e-12
+    )
+    assert count_svds(by_column, a, b) == 1
+    grad_cols = lambda a, b: jax.grad(lambda a: jnp.sum(by_column(a, b) ** 2))(a)  # noqa: E731
+    assert count_svds(grad_cols, a, b) == 1
+    np.testing.assert_allclose(
+        jax.jit(grad_cols)(a, b),
+        jax.grad(lambda a: jnp.sum(jaxlsq.lstsq(a, b).x ** 2))(a),
+        rtol=1e-10,
+        atol=1e-12,
+    )

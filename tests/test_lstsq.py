@@ -1,0 +1,448 @@
+"""Values, shapes, dtypes and errors of jaxlsq.lstsq against numpy.linalg.lstsq in float64."""
+
+import re
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import low_rank, randn, rtol, with_singular_values
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jaxlsq
+
+jit_lstsq = jax.jit(jaxlsq.lstsq)
+TRANSFORMS = {"eager": jaxlsq.lstsq, "jit": jit_lstsq}
+
+SHAPES = {
+    "tall": (9, 4),
+    "wide": (3, 7),
+    "square": (5, 5),
+    "tall_rank_2": (9, 4, 2),
+    "wide_rank_2": (4, 8, 2),
+    "square_rank_3": (6, 6, 3),
+}
+
+
+def make(rng, spec, complex_):
+    m, n, *r = spec
+    if r:
+        return low_rank(rng, m, n, r[0], complex_)
+    return randn(rng, (m, n), complex_)
+
+
+def numpy_reference(a, b, rcond=None):
+    """NumPy's answer in float64/complex128; residuals filled in where NumPy leaves them out.
+
+    The default cutoff is the one for a's own dtype (as NumPy would use on it), not float64's.
+    """
+    if rcond is None:
+        rcond = np.finfo(a.dtype).eps * max(a.shape)
+    a64 = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
+    b64 = b.astype(a64.dtype if np.iscomplexobj(b) else np.float64)
+    x, _, rank, s = np.linalg.lstsq(a64, b64, rcond=rcond)
+    r = b64 - a64 @ x
+    residuals = np.sum(np.abs(r) ** 2, axis=0)
+    return x, np.atleast_1d(residuals), rank, s
+
+
+def check_against_numpy(result, a, b, rcond=None, tol=1e-10):
+    x, residuals, rank, s = numpy_reference(a, b, rcond)
+    assert int(result.rank) == rank
+    assert result.x.shape == x.shape
+    assert result.residuals.shape == residuals.shape
+    scale = max(1.0, np.abs(x).max(initial=0))
+    np.testing.assert_allclose(result.x, x, atol=tol * scale, rtol=0)
+    np.testing.assert_allclose(
+        result.singular_values, s, atol=tol * max(1, s.max(initial=0)), rtol=0
+    )
+    np.testing.assert_allclose(
+        result.residuals, residuals, atol=tol * max(1, np.abs(b).max() ** 2), rtol=0
+    )
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("k", [None, 1, 3], ids=["vector_b", "K1", "K3"])
+def test_matches_numpy(shape, complex_, transform, k):
+    rng = np.random.default_rng(abs(hash((shape, complex_, k))) % 2**32)
+    a = make(rng, SHAPES[shape], complex_)
+    b = randn(rng, (a.shape[0],) if k is None else (a.shape[0], k), complex_)
+    result = TRANSFORMS[transform](a, b)
+    assert isinstance(result, jaxlsq.LstsqResult)
+    check_against_numpy(result, a, b)
+    # the minimum-norm answer: x lies in the row space of a
+    assert result.rank.dtype == jnp.int32
+
+
+def test_unpacks_like_numpy_and_jnp():
+    rng = np.random.default_rng(0)
+    a, b = randn(rng, (6, 3)), randn(rng, (6,))
+    x, residuals, rank, s = jaxlsq.lstsq(a, b)
+    xj, rj, rankj, sj = jnp.linalg.lstsq(a, b)
+    assert x.shape == xj.shape and residuals.shape == rj.shape and s.shape == sj.shape
+    assert rank.shape == np.shape(rankj)
+
+
+@pytest.mark.parametrize(
+    "rcond, expected_rank",
+    [
+        # singular values (1, 0.5, 0.25, 1e-3, 5e-17): NumPy's cutoff drops s <= rcond * s_max
+        (None, 4),
+        (0.5, 1),  # 0.5 itself is dropped: <=, not <
+        (0.25, 2),
+        (0.2, 3),
+        (1e-3, 3),
+        (9e-4, 4),
+        (0.0, 4),  # LAPACK: rcond <= 0 means eps / 2, and 5e-17 < eps / 2
+        (-1.0, 4),
+        (1.0, 4),  # LAPACK: rcond >= 1 also means eps / 2
+        (3.0, 4),
+    ],
+)
+def test_rcond_rule_is_numpys(rcond, expected_rank):
+    a = np.diag([1.0, 0.5, 0.25, 1e-3, 5e-17])
+    b = np.arange(1.0, 6.0)
+    assert np.linalg.lstsq(a, b, rcond=rcond)[2] == expected_rank  # the reference itself
+    for solver in TRANSFORMS.values():
+        result = solver(a, b, rcond)
+        assert int(result.rank) == expected_rank
+        check_against_numpy(result, a, b, rcond)
+
+
+def test_rcond_traced_under_jit_does_not_recompile():
+    rng = np.random.default_rng(3)
+    a = with_singular_values(rng, 8, 5, [1, 0.5, 0.1, 1e-2, 1e-4])
+    b = randn(rng, (8,))
+    traces = []
+
+    @jax.jit
+    def rank_of(rcond):
+        traces.append(1)
+        return jaxlsq.lstsq(a, b, rcond).rank
+
+    ranks = [int(rank_of(r)) for r in (0.6, 0.3, 0.05, 5e-3, 1e-5)]
+    assert ranks == [int(np.linalg.lstsq(a, b, rcond=r)[2]) for r in (0.6, 0.3, 0.05, 5e-3, 1e-5)]
+    assert ranks == [1, 2, 3, 4, 5]
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(5, 3), (3, 5), (4, 4), (4, 3, 1)],
+    ids=["tall_full_rank", "wide", "square", "tall_rank_deficient"],
+)
+@pytest.mark.parametrize("vector", [True, False])
+def test_numpy_resid_matches_numpy_exactly(shape, vector):
+    rng = np.random.default_rng(4)
+    a = make(rng, shape, False)
+    b = randn(rng, (a.shape[0],) if vector else (a.shape[0], 2))
+    got = jaxlsq.lstsq(a, b, numpy_resid=True).residuals
+    want = np.linalg.lstsq(a, b)[1]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_numpy_resid_under_jit_raises_with_advice():
+    with pytest.raises(
+        ValueError,
+        match=r"jaxlsq\.lstsq: numpy_resid=True needs concrete values.*"
+        r"jnp\.where\(\(rank == N\)",
+    ):
+        jax.jit(lambda a, b: jaxlsq.lstsq(a, b, numpy_resid=True))(np.eye(3), np.ones(3))
+
+
+def test_residuals_always_returned_under_jit():
+    a, b = np.eye(3)[:, :2], np.ones(3)
+    result = jit_lstsq(a, b)
+    assert result.residuals.shape == (1,)
+    np.testing.assert_allclose(result.residuals, [1.0])
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [
+        ((3, 6, 4), (3, 6, 2)),
+        ((3, 6, 4), (6, 2)),  # shared b
+        ((6, 4), (3, 6, 2)),  # shared a: one factorization
+        ((2, 1, 4, 6), (1, 3, 4, 2)),  # broadcasting both ways, wide
+        ((3, 6, 4), (6,)),  # b a vector only when b.ndim == 1
+    ],
+)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_batches_broadcast_and_stack(a_shape, b_shape, transform):
+    rng = np.random.default_rng(5)
+    a = randn(rng, a_shape)
+    a[..., -1] = a[..., 0]  # rank-deficient members too
+    b = randn(rng, b_shape)
+    result = TRANSFORMS[transform](a, b)
+    batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2] if len(b_shape) > 1 else ())
+    n, k = a_shape[-1], (b_shape[-1] if len(b_shape) > 1 else None)
+    assert result.x.shape == (*batch, n) + ((k,) if k else ())
+    assert result.rank.shape == batch
+    assert result.singular_values.shape == (*batch, min(a_shape[-2:]))
+    assert result.residuals.shape == (*batch, k or 1)
+    a_b = np.broadcast_to(a, (*batch, *a_shape[-2:]))
+    b_b = np.broadcast_to(b, (*batch, *b_shape[-2:])) if k else b
+    for idx in np.ndindex(*batch):
+        one = jaxlsq.LstsqResult(*(out[idx] for out in result))
+        check_against_numpy(one, a_b[idx], b_b[idx] if k else b)
+
+
+def test_vmap_over_a_and_b_matches_batched_call():
+    rng = np.random.default_rng(6)
+    a, b = randn(rng, (4, 7, 3)), randn(rng, (4, 7, 2))
+    batched = jaxlsq.lstsq(a, b)
+    for in_axes, args in [((0, 0), (a, b)), ((0, None), (a, b[0])), ((None, 0), (a[0], b))]:
+        mapped = jax.vmap(jaxlsq.lstsq, in_axes=in_axes)(*args)
+        direct = jaxlsq.lstsq(*args)
+        for got, want in zip(mapped, direct):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    mapped = jax.vmap(jaxlsq.lstsq)(a, b)
+    np.testing.assert_allclose(mapped.x, batched.x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "a_dtype, b_dtype, out",
+    [
+        (np.float32, np.float32, np.float32),
+        (np.float64, np.float64, np.float64),
+        (np.complex64, np.complex64, np.complex64),
+        (np.complex128, np.complex128, np.complex128),
+        (np.float32, np.float64, np.float64),
+        (np.float32, np.complex64, np.complex64),
+        (np.int32, np.int32, np.float64),  # integers promote like jnp (x64 on in the tests)
+        (np.bool_, np.int8, np.float64),
+        (np.int32, np.float32, np.float32),  # JAX's lattice, not NumPy's
+        (np.float16, np.float16, np.float16),
+        (jnp.bfloat16, jnp.bfloat16, jnp.bfloat16),
+    ],
+)
+def test_dtypes(a_dtype, b_dtype, out):
+    rng = np.random.default_rng(7)
+    a = (rng.standard_normal((8, 3)) * 3).round()
+    a[:, 0] = np.abs(a[:, 0]) + 1
+    b = (rng.standard_normal((8, 2)) * 3).round()
+    if np.issubdtype(b_dtype, np.bool_):
+        b = b > 0
+    a_cast, b_cast = jnp.asarray(a).astype(a_dtype), jnp.asarray(b).astype(b_dtype)
+    result = jaxlsq.lstsq(a_cast, b_cast)
+    assert result.x.dtype == out
+    assert result.residuals.dtype == jnp.finfo(out).dtype
+    assert result.singular_values.dtype == jnp.finfo(out).dtype
+    assert result.rank.dtype == jnp.int32
+    assert jnp.result_type(a_cast, b_cast, float) == out  # what jnp's promotion says
+    a_ref, b_ref = (
+        np.asarray(a_cast.astype(jnp.complex128)),
+        np.asarray(b_cast.astype(jnp.complex128)),
+    )
+    tol = {16: 2e-2, 32: 1e-4, 64: 1e-11}[jnp.finfo(out).bits]
+    if out == jnp.bfloat16:
+        tol = 5e-2
+    x_ref = np.linalg.lstsq(a_ref, b_ref)[0]
+    got = np.asarray(result.x.astype(jnp.complex128))
+    np.testing.assert_allclose(got, x_ref, atol=tol * np.abs(x_ref).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_single_precision_accuracy(dtype):
+    rng = np.random.default_rng(8)
+    a = with_singular_values(rng, 30, 10, np.logspace(0, -2, 10), np.iscomplexobj(dtype(0)))
+    b = randn(rng, (30, 2), np.iscomplexobj(dtype(0)))
+    result = jaxlsq.lstsq(a.astype(dtype), b.astype(dtype))
+    x = numpy_reference(a.astype(dtype), b.astype(dtype))[0]
+    np.testing.assert_allclose(result.x, x, atol=100 * rtol(dtype) * np.abs(x).max())
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [
+        ((5, 0), (5, 2)),
+        ((0, 3), (0, 2)),
+        ((0, 0), (0, 1)),
+        ((4, 3), (4, 0)),
+        ((5, 0), (5,)),
+        ((2, 0, 3), (2, 0, 2)),
+    ],
+)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_empty_like_numpy(a_shape, b_shape, transform):
+    a, b = np.ones(a_shape), np.ones(b_shape)
+    result = TRANSFORMS[transform](a, b)
+    if len(a_shape) == 2:
+        x, residuals, rank, s = np.linalg.lstsq(a, b)
+        np.testing.assert_array_equal(result.x, x)
+        assert int(result.rank) == rank
+        np.testing.assert_allclose(result.singular_values, s, rtol=1e-14)
+        if residuals.size:  # where NumPy returns residuals, they agree
+            np.testing.assert_allclose(result.residuals, residuals)
+        np.testing.assert_array_equal(jaxlsq.lstsq(a, b, numpy_resid=True).residuals, residuals)
+    else:
+        assert result.x.shape == (2, 3, 2) and not np.any(result.x)
+        assert result.rank.shape == (2,) and result.singular_values.shape == (2, 0)
+
+
+def test_empty_gradients_are_zero_and_finite():
+    a, b = np.ones((5, 0)), np.arange(5.0)
+    grads = jax.grad(lambda a, b: jaxlsq.lstsq(a, b).residuals.sum(), argnums=(0, 1))(a, b)
+    assert grads[0].shape == (5, 0)
+    np.testing.assert_allclose(grads[1], 2 * b)  # residuals are ||b||^2 when N == 0
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_gives_nan_never_a_finite_answer(transform, bad):
+    rng = np.random.default_rng(9)
+    a, b = randn(rng, (6, 3)), randn(rng, (6, 2))
+    a_bad = a.copy()
+    a_bad[2, 1] = bad
+    result = TRANSFORMS[transform](a_bad, b)
+    assert np.all(np.isnan(result.x)) and np.all(np.isnan(result.residuals))
+    assert np.all(np.isnan(result.singular_values)) and int(result.rank) == 0
+    b_bad = b.copy()
+    b_bad[4, 1] = bad
+    result = TRANSFORMS[transform](a, b_bad)
+    assert np.all(np.isnan(result.x[:, 1])) and np.isnan(result.residuals[1])
+    good = numpy_reference(a, b[:, :1])
+    np.testing.assert_allclose(result.x[:, :1], good[0], atol=1e-12)  # other columns unharmed
+    # in a batch only the affected problem is NaN
+    batch = TRANSFORMS[transform](np.stack([a, a_bad]), np.stack([b, b]))
+    assert np.all(np.isfinite(batch.x[0])) and np.all(np.isnan(batch.x[1]))
+
+
+ERRORS = [
+    (
+        np.ones(3),
+        np.ones(3),
+        ValueError,
+        r"jaxlsq.lstsq: a must have shape (M, N) or (..., M, N); got shape (3,) (1-D)",
+    ),
+    (
+        np.ones((3, 2)),
+        np.float64(1.0),
+        ValueError,
+        r"jaxlsq.lstsq: b must have shape (M,), (M, K) or (..., M, K); got a scalar",
+    ),
+    (
+        np.ones((6, 2)),
+        np.ones(7),
+        ValueError,
+        r"jaxlsq.lstsq: b has 7 rows but a has 6 (a has shape (6, 2), b has shape (7,)); b must have shape (6,) or (..., 6, K).",
+    ),
+    (np.ones((6, 2)), np.ones((5, 3)), ValueError, r"jaxlsq.lstsq: b has 5 rows but a has 6"),
+    (
+        np.ones((2, 6, 2)),
+        np.ones((3, 6, 1)),
+        ValueError,
+        r"jaxlsq.lstsq: the batch dimensions of a (2,) and of b (3,) do not broadcast",
+    ),
+    (
+        np.array([["a", "b"]]),
+        np.ones(1),
+        TypeError,
+        r"jaxlsq.lstsq: a has dtype <U1, which is not numeric",
+    ),
+    (
+        np.ones((2, 2)),
+        np.array(["x", "y"], dtype=object),
+        TypeError,
+        r"jaxlsq.lstsq: b has dtype object, which is not numeric",
+    ),
+]
+
+
+@pytest.mark.parametrize("a, b, error, message", ERRORS)
+def test_errors_name_the_function_and_say_what_to_pass(a, b, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        jaxlsq.lstsq(a, b)
+
+
+def test_rcond_errors():
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "jaxlsq.lstsq: rcond must be a scalar (or None); got an array of shape (2,)"
+        ),
+    ):
+        jaxlsq.lstsq(np.eye(2), np.ones(2), np.ones(2))
+    with pytest.raises(
+        TypeError,
+        match=re.escape("jaxlsq.lstsq: rcond must be a real number or None; got dtype complex128"),
+    ):
+        jaxlsq.lstsq(np.eye(2), np.ones(2), 1j)
+
+
+def test_numpy_resid_rejects_batches():
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "jaxlsq.lstsq: numpy_resid=True follows numpy.linalg.lstsq, which takes one matrix; got a batch of shape (2,)"
+        ),
+    ):
+        jaxlsq.lstsq(np.ones((2, 3, 2)), np.ones((2, 3, 1)), numpy_resid=True)
+
+
+@st.composite
+def problems(draw):
+    m = draw(st.integers(1, 7))
+    n = draw(st.integers(1, 7))
+    r = draw(st.integers(0, min(m, n)))
+    k = draw(st.integers(1, 3))
+    complex_ = draw(st.booleans())
+    single = draw(st.booleans())
+    seed = draw(st.integers(0, 2**32 - 1))
+    return m, n, r, k, complex_, single, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_property_random_shapes_ranks_dtypes(problem):
+    m, n, r, k, complex_, single, seed = problem
+    rng = np.random.default_rng(seed)
+    a = low_rank(rng, m, n, r, complex_) if r else np.zeros((m, n))
+    b = randn(rng, (m, k), complex_)
+    dtype = (
+        (np.complex64 if complex_ else np.float32)
+        if single
+        else (np.complex128 if complex_ else np.float64)
+    )
+    a_d, b_d = a.astype(dtype), b.astype(dtype)
+    result = jit_lstsq(a_d, b_d)
+    x, residuals, rank, s = numpy_reference(a_d, b_d)
+    cut = np.finfo(dtype).eps * max(m, n) * s[0]
+    if np.any((s > cut / 30) & (s < cut * 30)):  # rounding to the dtype put a value near the cutoff
+        return
+    assert int(result.rank) == rank == r
+    cond = s[0] / s[r - 1] if r else 1.0
+    tol = rtol(dtype) * 10 * cond
+    np.testing.assert_allclose(result.x, x, atol=tol * max(1, np.abs(x).max()))
+    np.testing.assert_allclose(result.singular_values, s, atol=rtol(dtype) * 10 * max(1, s.max()))
+    # minimum norm: x is orthogonal to the null space of a (spanned by the dropped right vectors)
+    vh = np.linalg.svd(a.astype(np.complex128), full_matrices=True)[2]
+    null = vh[r:].conj().T
+    assert np.abs(null.conj().T @ np.asarray(result.x, np.complex128)).max(initial=0) <= tol * max(
+        1, np.abs(x).max()
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=5),
+        elements=st.floats(-4, 4, allow_nan=False, width=64),
+    )
+)
+def test_property_arbitrary_entries(a):
+    b = np.linspace(-1.0, 1.0, a.shape[0])
+    result = jit_lstsq(a, b)
+    x, residuals, rank, s = numpy_reference(a, b)
+    if int(result.rank) != rank:  # a singular value within rounding of the cutoff: both valid
+        cut = np.finfo(np.float64).eps * max(a.shape) * s[0]
+        assert np.min(np.abs(s - cut)) <= 1e-13 * max(1.0, s[0])
+        return
+    cond = s[0] / s[rank - 1] if rank else 1.0
+    np.testing.assert_allclose(result.x, x, atol=1e-12 * cond**2 * max(1, np.abs(x).max()))

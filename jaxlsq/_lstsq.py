@@ -119,7 +119,7 @@ def lstsq(
       >>> a = jnp.array([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0], [3.0, 1.0]])
       >>> b = jnp.array([-1.0, 0.2, 0.9, 2.1])
       >>> x, residuals, rank, s = jaxlsq.lstsq(a, b)
-      >>> x.round(3).tolist(), int(rank)
+      >>> [round(float(v), 3) for v in x], int(rank)
       ([1.0, -0.95], 2)
     """
     func = "jaxlsq.lstsq"

@@ -141,7 +141,7 @@ def test_numpy_resid_matches_numpy_exactly(shape, vector):
     a = make(rng, shape, False)
     b = randn(rng, (a.shape[0],) if vector else (a.shape[0], 2))
     got = jaxlsq.lstsq(a, b, numpy_resid=True).residuals
-    want = np.linalg.lstsq(a, b)[1]
+    want = np.linalg.lstsq(a, b, rcond=None)[1]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
@@ -242,7 +242,7 @@ def test_dtypes(a_dtype, b_dtype, out):
     tol = {16: 2e-2, 32: 1e-4, 64: 1e-11}[jnp.finfo(out).bits]
     if out == jnp.bfloat16:
         tol = 5e-2
-    x_ref = np.linalg.lstsq(a_ref, b_ref)[0]
+    x_ref = np.linalg.lstsq(a_ref, b_ref, rcond=None)[0]
     got = np.asarray(result.x.astype(jnp.complex128))
     np.testing.assert_allclose(got, x_ref, atol=tol * np.abs(x_ref).max())
 
@@ -273,7 +273,7 @@ def test_empty_like_numpy(a_shape, b_shape, transform):
     a, b = np.ones(a_shape), np.ones(b_shape)
     result = TRANSFORMS[transform](a, b)
     if len(a_shape) == 2:
-        x, residuals, rank, s = np.linalg.lstsq(a, b)
+        x, residuals, rank, s = np.linalg.lstsq(a, b, rcond=None)
         np.testing.assert_array_equal(result.x, x)
         assert int(result.rank) == rank
         np.testing.assert_allclose(result.singular_values, s, rtol=1e-14)

@@ -1,0 +1,260 @@
+"""Benchmark jaxlsq against its peers: python3 -m benchmarks [--quick] [--out DIR].
+
+Inside one process, for every case (shape, dtype) and every system: compile and warm up, then
+time repeated rounds with the systems interleaved, and report the median, the ratio to
+jnp.linalg.lstsq's median, and the accuracy (max relative error of x against float64 NumPy).
+Writes a Markdown table to stdout, results.json and ratios.png (when matplotlib is installed)
+to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# torch's OpenMP threads otherwise spin after each call and steal the cores from whatever runs
+# next; set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # float64 cases; float32 ones stay float32
+
+import numpy as np  # noqa: E402
+
+from .peers import available, to_host  # noqa: E402
+
+BASELINE = "jnp.linalg.lstsq"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    m: int
+    n: int
+    k: int = 1
+    batch: int = 0  # 0: a single problem
+
+    def label(self) -> str:
+        shape = f"{self.m}x{self.n}" + (f", K={self.k}" if self.k > 1 else "")
+        return f"{self.batch} x ({shape})" if self.batch else shape
+
+
+FULL = [
+    Case("tall", 200, 50),
+    Case("tall", 2000, 200),
+    Case("tall", 10000, 100),
+    Case("wide", 100, 2000),
+    Case("square", 1000, 1000),
+    Case("tall, many rhs", 2000, 200, 64),
+    Case("batch", 64, 8, batch=10000),
+    Case("batch", 256, 32, batch=1000),
+]
+QUICK = [Case("tall", 200, 50), Case("wide", 50, 400), Case("batch", 64, 8, batch=500)]
+
+
+def problem(case: Case, dtype, rng) -> tuple[np.ndarray, np.ndarray]:
+    lead = (case.batch,) if case.batch else ()
+    a = rng.standard_normal((*lead, case.m, case.n)).astype(dtype)
+    b_shape = (*lead, case.m) if case.k == 1 else (*lead, case.m, case.k)
+    return a, rng.standard_normal(b_shape).astype(dtype)
+
+
+def reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if a.ndim == 2:
+        return np.linalg.lstsq(a64, b64, rcond=None)[0]
+    return np.stack([np.linalg.lstsq(ai, bi, rcond=None)[0] for ai, bi in zip(a64, b64)])
+
+
+def relative_error(x, x_ref) -> float:
+    x = to_host(x).astype(np.float64)
+    return float(np.max(np.abs(x - x_ref)) / np.max(np.abs(x_ref)))
+
+
+def timed(f) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(f())
+    return time.perf_counter() - start
+
+
+def progress(text: str) -> None:
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run(cases, dtypes, rounds, budget_s) -> tuple[list[dict], list[str]]:
+    systems, skipped = available()
+    rng = np.random.default_rng(0)
+    rows = []
+    cells = [(c, d) for c in cases for d in dtypes]
+    for i, (case, dtype) in enumerate(cells, 1):
+        a, b = problem(case, dtype, rng)
+        x_ref = reference(a, b)
+        calls = {}
+        for system in systems:
+            calls[system.name, "primal"] = system.make_primal
+            if system.make_grad is not None:
+                calls[system.name, "value_and_grad"] = system.make_grad
+        accuracy = {}
+        for (name, mode), make in list(calls.items()):  # compile, warm up, record the answer
+            progress(f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: warming up {name} {mode}")
+            try:
+                f = calls[name, mode] = make(a, b)
+                out = f()
+                jax.block_until_ready(out)
+            except Exception as err:  # a peer that cannot take this case: say so, go on
+                del calls[name, mode]
+                skipped.append(f"{name} {mode} on {case.label()} {np.dtype(dtype).name}: {type(err).__name__}: {str(err)[:120]}")
+                continue
+            if mode == "primal":
+                accuracy[name] = relative_error(out, x_ref)
+        times = {key: [] for key in calls}
+        start = time.perf_counter()
+        keys = list(calls)
+        for r in range(rounds):
+            progress(f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: round {r + 1}/{rounds}")
+            for j in rng.permutation(len(keys)):  # interleaved, in a new order every round
+                times[keys[j]].append(timed(calls[keys[j]]))
+            if time.perf_counter() - start > budget_s and r >= 2:
+                break
+        medians = {key: float(np.median(t)) for key, t in times.items()}
+        for (name, mode), med in medians.items():
+            base = medians.get((BASELINE, mode))
+            rows.append(
+                {
+                    "case": case.name,
+                    "shape": case.label(),
+                    "dtype": np.dtype(dtype).name,
+                    "system": name,
+                    "mode": mode,
+                    "median_s": med,
+                    "rounds": len(times[name, mode]),
+                    "ratio_to_jnp": med / base if base else None,
+                    "max_rel_error": accuracy.get(name) if mode == "primal" else None,
+                }
+            )
+    progress("")
+    return rows, skipped
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| case | shape | dtype | system | primal ms | ratio | value_and_grad ms | ratio | max rel. error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    index = {(r["shape"], r["dtype"], r["system"], r["mode"]): r for r in rows}
+    seen = []
+    for r in rows:
+        key = (r["case"], r["shape"], r["dtype"], r["system"])
+        if key in seen:
+            continue
+        seen.append(key)
+        p = index.get((r["shape"], r["dtype"], r["system"], "primal"))
+        if p is None:
+            continue
+        g = index.get((r["shape"], r["dtype"], r["system"], "value_and_grad"))
+        grad_ms = f"{1e3 * g['median_s']:.2f}" if g else "-"
+        lines.append(
+            f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['system']} | {1e3 * p['median_s']:.2f} | "
+            f"{_ratio(p)} | {grad_ms} | {_ratio(g)} | {p['max_rel_error']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def _ratio(row: dict | None) -> str:
+    return f"{row['ratio_to_jnp']:.2f}" if row and row["ratio_to_jnp"] else "-"
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cells = sorted({(r["shape"], r["dtype"]) for r in rows}, key=lambda c: [r["shape"] for r in rows].index(c[0]))
+    systems = [s for s in dict.fromkeys(r["system"] for r in rows) if s != BASELINE]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(cells) + 2), sharey=True)
+    for ax, mode in zip(axes, ["primal", "value_and_grad"]):
+        width = 0.8 / max(len(systems), 1)
+        for j, system in enumerate(systems):
+            ys, vals = [], []
+            for i, cell in enumerate(cells):
+                match = [r for r in rows if (r["shape"], r["dtype"]) == cell and r["system"] == system and r["mode"] == mode]
+                if match and match[0]["ratio_to_jnp"]:
+                    ys.append(i + j * width)
+                    vals.append(match[0]["ratio_to_jnp"])
+            ax.barh(ys, vals, height=width, label=system)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"{mode}: time / jnp.linalg.lstsq (lower is faster)")
+        ax.set_yticks([i + 0.4 - width / 2 for i in range(len(cells))])
+        ax.set_yticklabels([f"{s} {d}" for s, d in cells])
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python3 -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small cases, few rounds (under a minute)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per cell (default 9, quick 3)")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds of timing per cell at most")
+    args = parser.parse_args(argv)
+    cases = QUICK if args.quick else FULL
+    rounds = args.rounds or (3 if args.quick else 9)
+    dtypes = [np.dtype(d).type for d in args.dtypes.split(",")]
+    started = time.perf_counter()
+    rows, skipped = run(cases, dtypes, rounds, args.budget)
+    import jaxlsq
+
+    info = {
+        "command": "python3 -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()}, {platform.processor() or '?'}, {jax.devices()[0].device_kind}, "
+        f"{len(jax.devices())} JAX device(s)",
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "jaxlsq": jaxlsq.__version__,
+        "seconds": round(time.perf_counter() - started, 1),
+        "skipped": skipped,
+    }
+    for line in skipped:
+        print(line)
+    print(markdown(rows))
+    print()
+    print(json.dumps(info, indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    if plot(rows, args.out / "ratios.png"):
+        print(f"wrote {args.out / 'results.json'} and {args.out / 'ratios.png'}")
+    else:
+        print(f"wrote {args.out / 'results.json'} (no plot: matplotlib not installed)")
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ["jax", "jaxlib", "numpy", "scipy", "lineax", "torch"]:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -18,21 +18,20 @@ evaluation point, and the dropped singular directions stay dropped.
 
 Second order. A JVP rule is itself differentiated by any outer transformation (jax.hessian is
 forward over reverse), so every non-linear function of A that the rule uses must carry a robust
-derivative too. Raw SVD factors do not: their derivative divides by s_i^2 - s_j^2. The rule
-therefore reads A^+ through the factor triple (U, W, V) with A^+ = V W U^H, where U (M x k) and
-V (N x k) hold the kept singular vectors (dropped columns zeroed) and W = diag(1/s) starts out
-diagonal but is a full k x k matrix. That representation has a large gauge freedom
-(U -> U Q, V -> V R, W -> R^H W Q for unitary Q, R), and the tangent
+derivative too. Raw SVD factors do not: their derivative divides by s_i^2 - s_j^2. The rules
+therefore read A^+ through the factor pair (P, V) with A^+ = V P^H, where V (N x k) holds the kept
+right singular vectors and P = U S^{-1} (M x k) the kept left ones scaled by 1/s (dropped columns
+zeroed in both). The pair has a gauge freedom (P -> P R, V -> V R for unitary R), and the tangent
 
-    dW = -W J W,   J = U^H dA V,
-    dU = (I - U U^H) dA V W,
-    dV = (I - V V^H) dA^H U W^H,
+    dV = (I - V V^H) dA^H P,
+    dP = (I - A V P^H) dA V (P^H P) - P V^H dA^H P,
 
-reproduces dA^+, dP = d(V V^H) and d(U U^H) exactly (expand dV W U^H + V dW U^H + V W dU^H and
-compare with dA^+ above) with no division by differences of singular values. Every quantity the
-rules build from the triple is gauge invariant, so second derivatives come out right even where
-singular values repeat or vanish (the rule calls itself, so higher orders follow the same way).
-Only second-order work pays for these dense O(M N k) tangents; first-order work stays O(M N K).
+reproduces dA^+ = dV P^H + V dP^H and dP_V = d(V V^H) exactly (expand, using A A^+ = A V P^H,
+A^+ A^{+H} = V P^H P V^H and A^{+H} A^+ = P P^H, and compare with dA^+ above) with no division
+by differences of singular values. Everything the rules build from the pair is gauge invariant, so
+second derivatives come out right even where singular values repeat or vanish (the rule calls
+itself, so higher orders follow the same way). Only second-order work pays for these dense
+O(M N k) tangents; first-order work stays O(M N K).
 """
 
 from __future__ import annotations
@@ -48,61 +47,58 @@ def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
     return s > rcond * s[..., :1]
 
 
-def _apply(u: jax.Array, w: jax.Array, v: jax.Array, y: jax.Array) -> jax.Array:
-    """A^+ y = V W U^H y."""
-    return matmul(v, matmul(w, matmul(adjoint(u), y)))
+def _pinv(p: jax.Array, v: jax.Array, y: jax.Array) -> jax.Array:
+    """A^+ y = V (P^H y)."""
+    return matmul(v, matmul(adjoint(p), y))
 
 
-def _apply_adjoint(u: jax.Array, w: jax.Array, v: jax.Array, z: jax.Array) -> jax.Array:
-    """A^{+H} z = U W^H V^H z."""
-    return matmul(u, matmul(adjoint(w), matmul(adjoint(v), z)))
+def _pinv_h(p: jax.Array, v: jax.Array, z: jax.Array) -> jax.Array:
+    """A^{+H} z = P (V^H z)."""
+    return matmul(p, matmul(adjoint(v), z))
 
 
 @jax.custom_jvp
-def pinv_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The factor triple (U, W, V) of A^+ = V W U^H (see the module docstring).
+def pinv_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The factor pair (P, V) of A^+ = V P^H (see the module docstring).
 
     rcond is the effective cutoff ratio (already resolved from None or out-of-range values).
     """
     u, s, vh = svd(a)
     keep = keep_mask(s, rcond)
-    s_inv = jnp.where(keep, 1 / jnp.where(keep, s, 1), 0)
-    cols = keep[..., None, :].astype(a.dtype)
-    w = s_inv[..., :, None] * jnp.eye(s.shape[-1], dtype=s.dtype)
-    return u * cols, w.astype(a.dtype), adjoint(vh) * cols
+    s_inv = jnp.where(keep, 1 / jnp.where(keep, s, 1), 0).astype(a.dtype)
+    return u * s_inv[..., None, :], adjoint(vh) * keep[..., None, :].astype(a.dtype)
 
 
 @pinv_factors.defjvp
 def _pinv_factors_jvp(primals, tangents):
     a, rcond = primals
     da, _ = tangents  # the cutoff ratio carries no derivative: the rank is held fixed
-    u, w, v = pinv_factors(a, rcond)  # recursive: outer transformations see this rule again
+    p, v = pinv_factors(a, rcond)  # recursive: outer transformations see this rule again
     da_v = matmul(da, v)
-    j = matmul(adjoint(u), da_v)
-    dw = -matmul(w, matmul(j, w))
-    du = matmul(da_v - matmul(u, j), w)
-    dah_u = matmul(adjoint(da), u)
-    dv = matmul(dah_u - matmul(v, matmul(adjoint(v), dah_u)), adjoint(w))
-    return (u, w, v), (du, dw, dv)
+    dah_p = matmul(adjoint(da), p)
+    dv = dah_p - matmul(v, matmul(adjoint(v), dah_p))
+    outside = da_v - matmul(a, _pinv(p, v, da_v))  # (I - A A^+) dA V
+    dp = matmul(outside, matmul(adjoint(p), p)) - matmul(p, matmul(adjoint(v), dah_p))
+    return (p, v), (dp, dv)
 
 
 @jax.custom_jvp
 def solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> jax.Array:
     """x = A^+ b for a (..., M, N) and b (..., M, K); batch dimensions broadcast."""
-    u, w, v = pinv_factors(a, rcond)
-    return _apply(u, w, v, b)
+    p, v = pinv_factors(a, rcond)
+    return _pinv(p, v, b)
 
 
 @solve.defjvp
 def _solve_jvp(primals, tangents):
     a, b, rcond = primals
     da, db, _ = tangents
-    u, w, v = pinv_factors(a, rcond)
-    x = _apply(u, w, v, b)
+    p, v = pinv_factors(a, rcond)
+    x = _pinv(p, v, b)
     r = b - matmul(a, x)
-    z = matmul(adjoint(da), _apply_adjoint(u, w, v, x))
-    inner = db - matmul(da, x) + _apply_adjoint(u, w, v, matmul(adjoint(da), r))
-    dx = _apply(u, w, v, inner) + z - matmul(v, matmul(adjoint(v), z))
+    z = matmul(adjoint(da), _pinv_h(p, v, x))
+    inner = db - matmul(da, x) + _pinv_h(p, v, matmul(adjoint(da), r))
+    dx = _pinv(p, v, inner) + z - matmul(v, matmul(adjoint(v), z))
     return x, dx
 
 

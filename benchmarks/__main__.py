@@ -108,14 +108,18 @@ def run(cases, dtypes, rounds, budget_s) -> tuple[list[dict], list[str]]:
                 calls[system.name, "value_and_grad"] = system.make_grad
         accuracy = {}
         for (name, mode), make in list(calls.items()):  # compile, warm up, record the answer
-            progress(f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: warming up {name} {mode}")
+            progress(
+                f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: warming up {name} {mode}"
+            )
             try:
                 f = calls[name, mode] = make(a, b)
                 out = f()
                 jax.block_until_ready(out)
             except Exception as err:  # a peer that cannot take this case: say so, go on
                 del calls[name, mode]
-                skipped.append(f"{name} {mode} on {case.label()} {np.dtype(dtype).name}: {type(err).__name__}: {str(err)[:120]}")
+                skipped.append(
+                    f"{name} {mode} on {case.label()} {np.dtype(dtype).name}: {type(err).__name__}: {str(err)[:120]}"
+                )
                 continue
             if mode == "primal":
                 accuracy[name] = relative_error(out, x_ref)
@@ -123,7 +127,9 @@ def run(cases, dtypes, rounds, budget_s) -> tuple[list[dict], list[str]]:
         start = time.perf_counter()
         keys = list(calls)
         for r in range(rounds):
-            progress(f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: round {r + 1}/{rounds}")
+            progress(
+                f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: round {r + 1}/{rounds}"
+            )
             for j in rng.permutation(len(keys)):  # interleaved, in a new order every round
                 times[keys[j]].append(timed(calls[keys[j]]))
             if time.perf_counter() - start > budget_s and r >= 2:
@@ -184,7 +190,10 @@ def plot(rows: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    cells = sorted({(r["shape"], r["dtype"]) for r in rows}, key=lambda c: [r["shape"] for r in rows].index(c[0]))
+    cells = sorted(
+        {(r["shape"], r["dtype"]) for r in rows},
+        key=lambda c: [r["shape"] for r in rows].index(c[0]),
+    )
     systems = [s for s in dict.fromkeys(r["system"] for r in rows) if s != BASELINE]
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(cells) + 2), sharey=True)
     for ax, mode in zip(axes, ["primal", "value_and_grad"]):
@@ -192,7 +201,13 @@ def plot(rows: list[dict], path: Path) -> bool:
         for j, system in enumerate(systems):
             ys, vals = [], []
             for i, cell in enumerate(cells):
-                match = [r for r in rows if (r["shape"], r["dtype"]) == cell and r["system"] == system and r["mode"] == mode]
+                match = [
+                    r
+                    for r in rows
+                    if (r["shape"], r["dtype"]) == cell
+                    and r["system"] == system
+                    and r["mode"] == mode
+                ]
                 if match and match[0]["ratio_to_jnp"]:
                     ys.append(i + j * width)
                     vals.append(match[0]["ratio_to_jnp"])
@@ -209,12 +224,20 @@ def plot(rows: list[dict], path: Path) -> bool:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python3 -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small cases, few rounds (under a minute)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per cell (default 9, quick 3)")
+    parser = argparse.ArgumentParser(
+        prog="python3 -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small cases, few rounds (under a minute)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds per cell (default 9, quick 3)"
+    )
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--budget", type=float, default=30.0, help="seconds of timing per cell at most")
+    parser.add_argument(
+        "--budget", type=float, default=30.0, help="seconds of timing per cell at most"
+    )
     args = parser.parse_args(argv)
     cases = QUICK if args.quick else FULL
     rounds = args.rounds or (3 if args.quick else 9)

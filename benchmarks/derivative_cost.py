@@ -49,8 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    print(f"jax {jax.__version__}, {platform.processor() or platform.machine()}, "
-          f"{jax.devices()[0].platform}, {args.dtype}, medians of {args.rounds} rounds")
+    print(
+        f"jax {jax.__version__}, {platform.processor() or platform.machine()}, "
+        f"{jax.devices()[0].platform}, {args.dtype}, medians of {args.rounds} rounds"
+    )
     solvers = {
         "jaxlsq": lambda a, b: jaxlsq.lstsq(a, b).x,
         "jnp": lambda a, b: jnp.linalg.lstsq(a, b)[0],
@@ -77,8 +79,10 @@ def main() -> None:
         med = {key: float(np.median(t)) for key, t in times.items()}
         for name in solvers:
             p = med[name, "primal"]
-            print(f"| {m}x{n} | {name} | {1e3 * p:.1f} | {med[name, 'value_and_grad'] / p:.2f} | "
-                  f"{med[name, 'hvp'] / p:.2f} |")
+            print(
+                f"| {m}x{n} | {name} | {1e3 * p:.1f} | {med[name, 'value_and_grad'] / p:.2f} | "
+                f"{med[name, 'hvp'] / p:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The systems the benchmark compares: jaxlsq, its JAX, NumPy and SciPy peers, optional lineax and torch.
+"""The systems the benchmark compares: jaxlsq, its JAX, NumPy and SciPy peers, lineax, torch.
 
 Each system turns a problem (a, b) into a primal callable and, where the system can
 differentiate, a value_and_grad callable of sum(x**2) w.r.t. (a, b). JAX systems are jitted; the
@@ -64,7 +64,9 @@ def available() -> tuple[list[System], list[str]]:
         System("numpy.linalg.lstsq", _host_loop(lambda a, b: np.linalg.lstsq(a, b, rcond=None)[0])),
         System(
             "scipy.linalg.lstsq(gelsd)",
-            _host_loop(lambda a, b: scipy.linalg.lstsq(a, b, lapack_driver="gelsd", check_finite=False)[0]),
+            _host_loop(
+                lambda a, b: scipy.linalg.lstsq(a, b, lapack_driver="gelsd", check_finite=False)[0]
+            ),
         ),
     ]
     skipped = []
@@ -140,7 +142,9 @@ def _torch_systems() -> list[System]:
             return run
 
         # torch differentiates gels (QR) only; its other drivers have no backward
-        systems.append(System(f"torch({driver})", make_primal, make_grad if driver == "gels" else None))
+        systems.append(
+            System(f"torch({driver})", make_primal, make_grad if driver == "gels" else None)
+        )
     return systems
 
 

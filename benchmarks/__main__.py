@@ -211,13 +211,13 @@ def plot(rows: list[dict], path: Path) -> bool:
                 if match and match[0]["ratio_to_jnp"]:
                     ys.append(i + j * width)
                     vals.append(match[0]["ratio_to_jnp"])
-            ax.barh(ys, vals, height=width, label=system)
+            ax.barh(ys, vals, height=width, label=system, color=f"C{j % 10}")
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_title(f"{mode}: time / jnp.linalg.lstsq (lower is faster)")
         ax.set_yticks([i + 0.4 - width / 2 for i in range(len(cells))])
         ax.set_yticklabels([f"{s} {d}" for s, d in cells])
-    axes[1].legend(fontsize=8)
+    axes[0].legend(fontsize=8)  # one colour per system in both panels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True

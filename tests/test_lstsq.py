@@ -73,8 +73,7 @@ def test_matches_numpy(shape, complex_, transform, k):
     b = randn(rng, (a.shape[0],) if k is None else (a.shape[0], k), complex_)
     result = TRANSFORMS[transform](a, b)
     assert isinstance(result, jaxlsq.LstsqResult)
-    check_against_numpy(result, a, b)
-    # the minimum-norm answer: x lies in the row space of a
+    check_against_numpy(result, a, b)  # NumPy's x is the minimum-norm one
     assert result.rank.dtype == jnp.int32
 
 
@@ -433,7 +432,9 @@ def test_property_random_shapes_ranks_dtypes(problem):
     hnp.arrays(
         np.float64,
         hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=5),
-        elements=st.floats(-4, 4, allow_nan=False, width=64),
+        # XLA flushes subnormal numbers to zero (as in all of JAX) where NumPy keeps them, and
+        # then 1 / s overflows anyway: the property is about normal floats
+        elements=st.floats(-4, 4, allow_nan=False, allow_subnormal=False, width=64),
     )
 )
 @example(a=np.array([[1.17549435e-38], [1.17549435e-38]]))

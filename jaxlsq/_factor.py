@@ -1,12 +1,40 @@
-"""The factorization every solve starts from: the thin SVD a = u diag(s) vh."""
+"""The factorization every solve starts from: a = left diag(s) right^H, an SVD in factored form.
+
+Like LAPACK's gelsd, a tall matrix (M >= 2 N) is first reduced to its N x N triangular factor by
+Householder QR, a = Q R, and only R goes through the SVD, R = U diag(s) V^H; a wide one is
+treated the same way through a^H. The left singular vectors Q U are never formed: Q stays as its
+Householder reflectors and is applied to blocks of vectors (LAPACK's ormqr), so a solve with K
+right-hand sides costs one QR, one small SVD and O(M N K). Near-square matrices take the SVD
+directly, which is cheaper there.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 HIGHEST = lax.Precision.HIGHEST
+
+# Reduce to the triangular factor first when one side is at least this many times the other
+# (LAPACK's gesdd does so from about 1.8; on batches of small matrices it neither wins nor loses).
+REDUCE_RATIO = 2
+
+
+def reduction(m: int, n: int) -> str | None:
+    """ "tall" or "wide" where the factorization goes through a small triangular factor."""
+    if m >= REDUCE_RATIO * n:
+        return "tall"
+    if n >= REDUCE_RATIO * m:
+        return "wide"
+    return None
+
+
+# jax.lax.linalg.ormqr applies Q without forming it in newer JAX; older JAX forms the thin Q.
+_ormqr = getattr(lax.linalg, "ormqr", None)
 
 
 def matmul(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -20,9 +48,115 @@ def adjoint(x: jax.Array) -> jax.Array:
 
 
 def svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Thin SVD: u (..., M, k), s (..., k) descending, vh (..., k, N), with k = min(M, N).
-
-    Every caller asks for exactly this call, so that under jit XLA merges them into one
-    factorization (common-subexpression elimination).
-    """
+    """Thin SVD: u (..., M, k), s (..., k) descending, vh (..., k, N), with k = min(M, N)."""
     return jnp.linalg.svd(a, full_matrices=False)
+
+
+def _broadcast_batch(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Broadcast the batch dimensions (all but the last two) of x and y against each other."""
+    batch = jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2])
+    return (
+        jnp.broadcast_to(x, (*batch, *x.shape[-2:])),
+        jnp.broadcast_to(y, (*batch, *y.shape[-2:])),
+    )
+
+
+def _reflector_product(transpose: bool):
+    """y -> Q y (or Q^H y) for Q given by Householder reflectors h (..., D, n), taus (..., n)."""
+
+    @custom_vmap
+    def apply(h: jax.Array, taus: jax.Array, y: jax.Array) -> jax.Array:
+        h, y = _broadcast_batch(h, y)
+        taus = jnp.broadcast_to(taus, (*h.shape[:-2], taus.shape[-1]))
+        return _ormqr(h, taus, y, left=True, transpose=transpose)
+
+    @apply.def_vmap
+    def _vmap_rule(axis_size, in_batched, h, taus, y):
+        # vmap over y alone (over right-hand sides) folds the mapped axis into y's columns
+        # instead of copying the reflectors once per mapped element.
+        h_batched, taus_batched, y_batched = in_batched
+        if h_batched or taus_batched or not y_batched:
+            h = h if h_batched else jnp.broadcast_to(h, (axis_size, *h.shape))
+            taus = taus if taus_batched else jnp.broadcast_to(taus, (axis_size, *taus.shape))
+            y = y if y_batched else jnp.broadcast_to(y, (axis_size, *y.shape))
+            return apply(h, taus, y), True
+        columns = jnp.moveaxis(y, 0, -1)  # (..., D, K, B)
+        out = apply(h, taus, columns.reshape(*columns.shape[:-2], -1))
+        return jnp.moveaxis(out.reshape(*out.shape[:-1], *columns.shape[-2:]), -1, 0), True
+
+    return apply
+
+
+_q_times = _reflector_product(transpose=False)
+_qh_times = _reflector_product(transpose=True)
+
+
+class Basis(NamedTuple):
+    """Orthonormal columns B = Q u: u (..., n, k) explicit, Q (D x n) a thin orthogonal factor.
+
+    Q is Householder reflectors h (..., D, n) with their scalars taus (..., n) when JAX has
+    ormqr, the explicit thin Q (..., D, n) with taus None otherwise, or the identity (h None).
+    """
+
+    u: jax.Array
+    h: jax.Array | None = None
+    taus: jax.Array | None = None
+
+    def apply_h(self, y: jax.Array) -> jax.Array:
+        """B^H y for y (..., D, K)."""
+        if self.h is None:
+            qh_y = y
+        elif self.taus is None:
+            qh_y = matmul(adjoint(self.h), y)
+        else:
+            qh_y = _qh_times(self.h, self.taus, y)[..., : self.h.shape[-1], :]
+        return matmul(adjoint(self.u), qh_y)
+
+    def apply(self, t: jax.Array) -> jax.Array:
+        """B t for t (..., k, K)."""
+        ut = matmul(self.u, t)
+        if self.h is None:
+            return ut
+        if self.taus is None:
+            return matmul(self.h, ut)
+        d, n = self.h.shape[-2:]
+        padding = [(0, 0)] * (ut.ndim - 2) + [(0, d - n), (0, 0)]
+        return _q_times(self.h, self.taus, jnp.pad(ut, padding))
+
+
+class Factor(NamedTuple):
+    """a = left diag(s) right^H with orthonormal left (M x k) and right (N x k), k = min(M, N)."""
+
+    left: Basis
+    s: jax.Array
+    right: Basis
+
+
+def _householder_qr(a: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """Thin QR of a tall a (..., D, n): (reflectors or thin Q, taus or None, R (..., n, n))."""
+    n = a.shape[-1]
+    h, taus = jnp.linalg.qr(a, mode="raw")  # h is LAPACK's column-major output, transposed
+    h = jnp.swapaxes(h, -1, -2)
+    r = jnp.triu(h[..., :n, :])
+    if _ormqr is None:
+        return lax.linalg.householder_product(h, taus), None, r
+    return h, taus, r
+
+
+def factorize(a: jax.Array) -> Factor:
+    """The SVD of a (..., M, N) in factored form; tall and wide ones through a triangular factor.
+
+    Every caller asks for exactly this computation, so that under jit XLA merges the calls into
+    one factorization (common-subexpression elimination).
+    """
+    kind = reduction(*a.shape[-2:])
+    if kind == "tall":  # a = Q R, R = U S V^H: left = Q U, right = V
+        h, taus, r = _householder_qr(a)
+        u, s, vh = svd(r)
+        return Factor(Basis(u, h, taus), s, Basis(adjoint(vh)))
+    if kind == "wide":  # a^H = Q R, R = U S V^H, so a = V S (Q U)^H: left = V, right = Q U
+        h, taus, r = _householder_qr(adjoint(a))
+        u, s, vh = svd(r)
+        return Factor(Basis(adjoint(vh)), s, Basis(u, h, taus))
+    u, s, vh = svd(a)
+    return Factor(Basis(u), s, Basis(adjoint(vh)))

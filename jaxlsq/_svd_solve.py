@@ -32,14 +32,25 @@ by differences of singular values. Everything the rules build from the pair is g
 second derivatives come out right even where singular values repeat or vanish (the rule calls
 itself, so higher orders follow the same way). Only second-order work pays for these dense
 O(M N k) tangents; first-order work stays O(M N K).
+
+Tall and wide matrices. There the factorization never forms U (see _factor), so P = U S^{-1} is
+not at hand. For a tall A, P = A Z with Z = V S^{-2} (N x k), and the rules read A^+ = V Z^H A^H,
+A^{+H} = A Z V^H and A^+ A = V V^H through the pair (V, Z), whose tangent is the pair's:
+dV as above and dZ = dV Z^H V - V (P^H dA Z + (P^H dA Z)^H). A wide A uses the pair of A^H, with
+(A A^H)^+ = V Z^H and A^+ = A^H V Z^H. The primal x still comes from the orthogonal factors; the
+tangents multiply by A and then by S^{-2}, like the seminormal equations, so their rounding error
+is O(eps cond(A)^2) relative, the order of the derivative's own sensitivity to rounding in A.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from ._factor import adjoint, matmul, svd
+from ._factor import Factor, adjoint, factorize, matmul, reduction, svd
 
 
 def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
@@ -47,26 +58,34 @@ def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
     return s > rcond * s[..., :1]
 
 
-def _pinv(p: jax.Array, v: jax.Array, y: jax.Array) -> jax.Array:
-    """A^+ y = V (P^H y)."""
-    return matmul(v, matmul(adjoint(p), y))
+def _kept_power(s: jax.Array, rcond: jax.Array, power: int, dtype) -> jax.Array:
+    """s_i ** power for kept values, 0 for dropped ones, as a (..., k, 1) column in dtype."""
+    keep = keep_mask(s, rcond)
+    return jnp.where(keep, jnp.where(keep, s, 1) ** power, 0).astype(dtype)[..., None]
 
 
-def _pinv_h(p: jax.Array, v: jax.Array, z: jax.Array) -> jax.Array:
-    """A^{+H} z = P (V^H z)."""
-    return matmul(p, matmul(adjoint(v), z))
+def _apply_pinv(f: Factor, rcond: jax.Array, y: jax.Array) -> jax.Array:
+    """A^+ y = right S^+ left^H y, through the factorization (orthogonal factors only)."""
+    return f.right.apply(_kept_power(f.s, rcond, -1, y.dtype) * f.left.apply_h(y))
+
+
+def _reduced(a: jax.Array) -> str | None:
+    return reduction(*a.shape[-2:])
+
+
+# --- robust factors for the tangents --------------------------------------------------------
 
 
 @jax.custom_jvp
 def pinv_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The factor pair (P, V) of A^+ = V P^H (see the module docstring).
+    """The factor pair (P, V) of A^+ = V P^H (see the module docstring); near-square A only.
 
     rcond is the effective cutoff ratio (already resolved from None or out-of-range values).
     """
-    u, s, vh = svd(a)
-    keep = keep_mask(s, rcond)
-    s_inv = jnp.where(keep, 1 / jnp.where(keep, s, 1), 0).astype(a.dtype)
-    return u * s_inv[..., None, :], adjoint(vh) * keep[..., None, :].astype(a.dtype)
+    f = factorize(a)
+    return f.left.u * _kept_power(f.s, rcond, -1, a.dtype).mT, f.right.u * _kept_power(
+        f.s, rcond, 0, a.dtype
+    ).mT
 
 
 @pinv_factors.defjvp
@@ -77,41 +96,124 @@ def _pinv_factors_jvp(primals, tangents):
     da_v = matmul(da, v)
     dah_p = matmul(adjoint(da), p)
     dv = dah_p - matmul(v, matmul(adjoint(v), dah_p))
-    outside = da_v - matmul(a, _pinv(p, v, da_v))  # (I - A A^+) dA V
+    outside = da_v - matmul(a, matmul(v, matmul(adjoint(p), da_v)))  # (I - A A^+) dA V
     dp = matmul(outside, matmul(adjoint(p), p)) - matmul(p, matmul(adjoint(v), dah_p))
     return (p, v), (dp, dv)
 
 
 @jax.custom_jvp
+def gram_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The pair (V, Z) of a tall A, with Z = V S^{-2} (kept columns; dropped ones zeroed).
+
+    They give (A^H A)^+ = V Z^H, A^+ = V Z^H A^H and A^+ A = V V^H: the pair (P, V) of the
+    module docstring with P = A Z left unformed. Gauge and tangent are the pair's.
+    """
+    f = factorize(a)
+    v = f.right.u  # explicit: the right factor of a tall matrix is R's V
+    return v * _kept_power(f.s, rcond, 0, a.dtype).mT, v * _kept_power(f.s, rcond, -2, a.dtype).mT
+
+
+@gram_factors.defjvp
+def _gram_factors_jvp(primals, tangents):
+    a, rcond = primals
+    da, _ = tangents
+    v, z = gram_factors(a, rcond)
+    p = matmul(a, z)  # the pair's P = U S^{-1}
+    dah_p = matmul(adjoint(da), p)
+    dv = dah_p - matmul(v, matmul(adjoint(v), dah_p))
+    pe = matmul(adjoint(p), matmul(da, z))
+    dz = matmul(dv, matmul(adjoint(z), v)) - matmul(v, pe + adjoint(pe))
+    return (v, z), (dv, dz)
+
+
+class _Ops(NamedTuple):
+    """Linear maps the tangents apply: A^+, A^{+H}, I - A^+ A; and A^{+H} x for x = A^+ y."""
+
+    pinv: Callable[[jax.Array], jax.Array]
+    pinv_h: Callable[[jax.Array], jax.Array]
+    null: Callable[[jax.Array], jax.Array]
+    pinv_h_x: jax.Array
+
+
+def _tangent_ops(a: jax.Array, rcond: jax.Array, y: jax.Array, x: jax.Array) -> _Ops:
+    """The maps through differentiable factors (pair or Gram), so that outer derivatives work."""
+    kind = _reduced(a)
+    ah = adjoint(a)
+    if kind == "tall":
+        v, z = gram_factors(a, rcond)  # A^+ = V Z^H A^H
+        return _Ops(
+            lambda y: matmul(v, matmul(adjoint(z), matmul(ah, y))),
+            lambda w: matmul(a, matmul(z, matmul(adjoint(v), w))),
+            lambda w: w - matmul(v, matmul(adjoint(v), w)),
+            matmul(a, matmul(z, matmul(adjoint(v), x))),
+        )
+    if kind == "wide":
+        v, z = gram_factors(ah, rcond)  # (A A^H)^+ = A^{+H} A^+ = V Z^H, A^+ = A^H V Z^H
+        return _Ops(
+            lambda y: matmul(ah, matmul(v, matmul(adjoint(z), y))),
+            lambda w: matmul(v, matmul(adjoint(z), matmul(a, w))),
+            lambda w: w - matmul(ah, matmul(v, matmul(adjoint(z), matmul(a, w)))),
+            matmul(v, matmul(adjoint(z), y)),
+        )
+    p, v = pinv_factors(a, rcond)  # A^+ = V P^H
+    return _Ops(
+        lambda y: matmul(v, matmul(adjoint(p), y)),
+        lambda z: matmul(p, matmul(adjoint(v), z)),
+        lambda z: z - matmul(v, matmul(adjoint(v), z)),
+        matmul(p, matmul(adjoint(v), x)),
+    )
+
+
+# --- the solve ------------------------------------------------------------------------------
+
+
+@jax.custom_jvp
 def solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> jax.Array:
     """x = A^+ b for a (..., M, N) and b (..., M, K); batch dimensions broadcast."""
-    p, v = pinv_factors(a, rcond)
-    return _pinv(p, v, b)
+    return _apply_pinv(factorize(a), rcond, b)
 
 
 @solve.defjvp
 def _solve_jvp(primals, tangents):
     a, b, rcond = primals
     da, db, _ = tangents
-    p, v = pinv_factors(a, rcond)
-    x = _pinv(p, v, b)
+    x = solve(a, b, rcond)  # recursive: outer transformations see this rule again
+    ops = _tangent_ops(a, rcond, b, x)
     r = b - matmul(a, x)
-    z = matmul(adjoint(da), _pinv_h(p, v, x))
-    inner = db - matmul(da, x) + _pinv_h(p, v, matmul(adjoint(da), r))
-    dx = _pinv(p, v, inner) + z - matmul(v, matmul(adjoint(v), z))
+    dah = adjoint(da)
+    inner = db - matmul(da, x) + ops.pinv_h(matmul(dah, r))
+    dx = ops.pinv(inner) + ops.null(matmul(dah, ops.pinv_h_x))
     return x, dx
+
+
+# --- singular values ------------------------------------------------------------------------
 
 
 @jax.custom_jvp
 def singular_values(a: jax.Array) -> jax.Array:
     """All min(M, N) singular values of a, descending."""
-    return svd(a)[1]
+    return factorize(a).s
+
+
+def _differentiable_svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Thin SVD (U, s, V) through the same reduction, built from JAX-differentiable QR and SVD."""
+    kind = _reduced(a)
+    if kind == "tall":
+        q, r = jnp.linalg.qr(a)
+        u, s, vh = svd(r)
+        return matmul(q, u), s, adjoint(vh)
+    if kind == "wide":
+        q, r = jnp.linalg.qr(adjoint(a))  # a = V S (Q U)^H
+        u, s, vh = svd(r)
+        return adjoint(vh), s, matmul(q, u)
+    u, s, vh = svd(a)
+    return u, s, adjoint(vh)
 
 
 @singular_values.defjvp
 def _singular_values_jvp(primals, tangents):
     # ds_i = Re(u_i^H dA v_i), exact to first order also where singular values repeat.
     (a,), (da,) = primals, tangents
-    u, s, vh = svd(a)
-    ds = jnp.real(jnp.sum(jnp.conj(u) * matmul(da, adjoint(vh)), axis=-2))
+    u, s, v = _differentiable_svd(a)
+    ds = jnp.real(jnp.sum(jnp.conj(u) * matmul(da, v), axis=-2))
     return s, ds.astype(s.dtype)

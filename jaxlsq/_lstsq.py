@@ -72,7 +72,10 @@ def lstsq(
 
     Notes:
       The solution is :math:`x = A^+ b = V \Sigma^+ U^H b` from the thin SVD
-      :math:`A = U \Sigma V^H`, with :math:`\Sigma^+` inverting the kept singular values.
+      :math:`A = U \Sigma V^H`, with :math:`\Sigma^+` inverting the kept singular values. As in
+      LAPACK's ``gelsd``, a tall ``a`` (``M >= 2N``) is first reduced by Householder QR,
+      :math:`A = QR`, and only the ``N x N`` factor ``R`` goes through the SVD (a wide one through
+      :math:`A^H`); ``Q`` is applied through its reflectors, never formed.
 
       Derivatives (forward, reverse and higher order) come from custom JVP rules, not from
       differentiating the SVD. For ``x`` they implement the constant-rank derivative of the

@@ -24,8 +24,9 @@ HIGHEST = lax.Precision.HIGHEST
 REDUCE_RATIO = 2
 
 
-def reduction(m: int, n: int) -> str | None:
-    """ "tall" or "wide" where the factorization goes through a small triangular factor."""
+def reduction(a: jax.Array) -> str | None:
+    """ "tall" or "wide" where a's factorization goes through a small triangular factor."""
+    m, n = a.shape[-2:]
     if m >= REDUCE_RATIO * n:
         return "tall"
     if n >= REDUCE_RATIO * m:
@@ -112,6 +113,10 @@ class Basis(NamedTuple):
             qh_y = _qh_times(self.h, self.taus, y)[..., : self.h.shape[-1], :]
         return matmul(adjoint(self.u), qh_y)
 
+    def dense(self) -> jax.Array:
+        """B as an explicit matrix (only where Q is explicit or the identity)."""
+        return self.u if self.h is None else matmul(self.h, self.u)
+
     def apply(self, t: jax.Array) -> jax.Array:
         """B t for t (..., k, K)."""
         ut = matmul(self.u, t)
@@ -132,30 +137,34 @@ class Factor(NamedTuple):
     right: Basis
 
 
-def _householder_qr(a: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-    """Thin QR of a tall a (..., D, n): (reflectors or thin Q, taus or None, R (..., n, n))."""
-    n = a.shape[-1]
+def _householder_qr(a: jax.Array, explicit: bool) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """Thin QR of a tall a (..., D, n): (reflectors or thin Q, taus or None, R (..., n, n)).
+
+    Q comes explicit (and differentiable by JAX) when asked for or when JAX has no ormqr; both
+    forms start from the same LAPACK geqrf, which XLA computes once for the two.
+    """
+    if explicit or _ormqr is None:
+        q, r = jnp.linalg.qr(a)
+        return q, None, r
     h, taus = jnp.linalg.qr(a, mode="raw")  # h is LAPACK's column-major output, transposed
     h = jnp.swapaxes(h, -1, -2)
-    r = jnp.triu(h[..., :n, :])
-    if _ormqr is None:
-        return lax.linalg.householder_product(h, taus), None, r
-    return h, taus, r
+    return h, taus, jnp.triu(h[..., : a.shape[-1], :])
 
 
-def factorize(a: jax.Array) -> Factor:
+def factorize(a: jax.Array, explicit: bool = False) -> Factor:
     """The SVD of a (..., M, N) in factored form; tall and wide ones through a triangular factor.
 
     Every caller asks for exactly this computation, so that under jit XLA merges the calls into
-    one factorization (common-subexpression elimination).
+    one factorization (common-subexpression elimination). explicit=True keeps Q as a matrix, so
+    that Basis.dense works and JAX can differentiate the result (its QR and SVD rules).
     """
-    kind = reduction(*a.shape[-2:])
+    kind = reduction(a)
     if kind == "tall":  # a = Q R, R = U S V^H: left = Q U, right = V
-        h, taus, r = _householder_qr(a)
+        h, taus, r = _householder_qr(a, explicit)
         u, s, vh = svd(r)
         return Factor(Basis(u, h, taus), s, Basis(adjoint(vh)))
     if kind == "wide":  # a^H = Q R, R = U S V^H, so a = V S (Q U)^H: left = V, right = Q U
-        h, taus, r = _householder_qr(adjoint(a))
+        h, taus, r = _householder_qr(adjoint(a), explicit)
         u, s, vh = svd(r)
         return Factor(Basis(adjoint(vh)), s, Basis(u, h, taus))
     u, s, vh = svd(a)

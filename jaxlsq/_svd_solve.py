@@ -50,7 +50,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._factor import Factor, adjoint, factorize, matmul, reduction, svd
+from ._factor import Factor, adjoint, factorize, matmul, reduction
 
 
 def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
@@ -59,18 +59,14 @@ def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
 
 
 def _kept_power(s: jax.Array, rcond: jax.Array, power: int, dtype) -> jax.Array:
-    """s_i ** power for kept values, 0 for dropped ones, as a (..., k, 1) column in dtype."""
+    """s_i ** power for kept values, 0 for dropped ones, in dtype."""
     keep = keep_mask(s, rcond)
-    return jnp.where(keep, jnp.where(keep, s, 1) ** power, 0).astype(dtype)[..., None]
+    return jnp.where(keep, jnp.where(keep, s, 1) ** power, 0).astype(dtype)
 
 
 def _apply_pinv(f: Factor, rcond: jax.Array, y: jax.Array) -> jax.Array:
     """A^+ y = right S^+ left^H y, through the factorization (orthogonal factors only)."""
-    return f.right.apply(_kept_power(f.s, rcond, -1, y.dtype) * f.left.apply_h(y))
-
-
-def _reduced(a: jax.Array) -> str | None:
-    return reduction(*a.shape[-2:])
+    return f.right.apply(_kept_power(f.s, rcond, -1, y.dtype)[..., None] * f.left.apply_h(y))
 
 
 # --- robust factors for the tangents --------------------------------------------------------
@@ -83,9 +79,9 @@ def pinv_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
     rcond is the effective cutoff ratio (already resolved from None or out-of-range values).
     """
     f = factorize(a)
-    return f.left.u * _kept_power(f.s, rcond, -1, a.dtype).mT, f.right.u * _kept_power(
-        f.s, rcond, 0, a.dtype
-    ).mT
+    s_inv = _kept_power(f.s, rcond, -1, a.dtype)[..., None, :]
+    keep = _kept_power(f.s, rcond, 0, a.dtype)[..., None, :]
+    return f.left.u * s_inv, f.right.u * keep
 
 
 @pinv_factors.defjvp
@@ -110,7 +106,8 @@ def gram_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     f = factorize(a)
     v = f.right.u  # explicit: the right factor of a tall matrix is R's V
-    return v * _kept_power(f.s, rcond, 0, a.dtype).mT, v * _kept_power(f.s, rcond, -2, a.dtype).mT
+    keep = _kept_power(f.s, rcond, 0, a.dtype)[..., None, :]
+    return v * keep, v * _kept_power(f.s, rcond, -2, a.dtype)[..., None, :]
 
 
 @gram_factors.defjvp
@@ -137,7 +134,7 @@ class _Ops(NamedTuple):
 
 def _tangent_ops(a: jax.Array, rcond: jax.Array, y: jax.Array, x: jax.Array) -> _Ops:
     """The maps through differentiable factors (pair or Gram), so that outer derivatives work."""
-    kind = _reduced(a)
+    kind = reduction(a)
     ah = adjoint(a)
     if kind == "tall":
         v, z = gram_factors(a, rcond)  # A^+ = V Z^H A^H
@@ -195,25 +192,11 @@ def singular_values(a: jax.Array) -> jax.Array:
     return factorize(a).s
 
 
-def _differentiable_svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Thin SVD (U, s, V) through the same reduction, built from JAX-differentiable QR and SVD."""
-    kind = _reduced(a)
-    if kind == "tall":
-        q, r = jnp.linalg.qr(a)
-        u, s, vh = svd(r)
-        return matmul(q, u), s, adjoint(vh)
-    if kind == "wide":
-        q, r = jnp.linalg.qr(adjoint(a))  # a = V S (Q U)^H
-        u, s, vh = svd(r)
-        return adjoint(vh), s, matmul(q, u)
-    u, s, vh = svd(a)
-    return u, s, adjoint(vh)
-
-
 @singular_values.defjvp
 def _singular_values_jvp(primals, tangents):
     # ds_i = Re(u_i^H dA v_i), exact to first order also where singular values repeat.
     (a,), (da,) = primals, tangents
-    u, s, v = _differentiable_svd(a)
+    f = factorize(a, explicit=True)  # differentiable by JAX's QR and SVD rules (second order)
+    u, v = f.left.dense(), f.right.dense()
     ds = jnp.real(jnp.sum(jnp.conj(u) * matmul(da, v), axis=-2))
-    return s, ds.astype(s.dtype)
+    return f.s, ds.astype(f.s.dtype)

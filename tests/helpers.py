@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +95,21 @@ def assert_close(actual, desired, rtol, atol_scale=1.0, err_msg=""):
     assert np.all(np.isfinite(actual)), f"non-finite values {err_msg}"
     scale = max(np.max(np.abs(desired), initial=0.0), atol_scale)
     np.testing.assert_allclose(actual, desired, rtol=0, atol=rtol * scale, err_msg=err_msg)
+
+
+SVD_CALL = re.compile(r'custom_call_target="[^"]*(gesdd|gesvd|svd)[^"]*"', re.IGNORECASE)
+QR_CALL = re.compile(r'custom_call_target="[^"]*geqrf[^"]*"', re.IGNORECASE)
+
+
+def compiled(f, *args):
+    return jax.jit(f).lower(*args).compile()
+
+
+def count_svds(f, *args) -> int:
+    """SVD calls (LAPACK or cuSOLVER) in the compiled program of f(*args)."""
+    return len(SVD_CALL.findall(compiled(f, *args).as_text()))
+
+
+def count_qrs(f, *args) -> int:
+    """Householder QR (geqrf) calls in the compiled program of f(*args)."""
+    return len(QR_CALL.findall(compiled(f, *args).as_text()))

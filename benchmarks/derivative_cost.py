@@ -4,10 +4,13 @@ Times, interleaved inside one process (medians of repeated rounds, after compila
   primal           jit(lstsq(a, b).x)
   value_and_grad   jit(value_and_grad(sum(x**2)) w.r.t. (a, b)): first order, O(M N K) tangent
   hvp              jit(jvp(grad(...))): one Hessian-vector product, second order through the
-                   factor-triple rule, O(M N min(M, N))
-and the same for jnp.linalg.lstsq where it is defined. Prints ratios to jaxlsq's primal.
+                   factor-pair rule, O(M N min(M, N))
+and the same for jnp.linalg.lstsq. Prints each system's ratios to its own primal, and jaxlsq's
+primal and value_and_grad times as ratios to jnp's (only two systems, so more rounds fit in the
+time than in python3 -m benchmarks: a cross-check of its ratios).
 
-Run: python3 -m benchmarks.derivative_cost [--rounds 15]
+Run: python3 -m benchmarks.derivative_cost [--rounds 15] [--shapes 2000x200,2000x200x64]
+(a shape MxN has one right-hand side, a vector b; MxNxK has K).
 """
 
 from __future__ import annotations
@@ -57,13 +60,17 @@ def main() -> None:
         "jaxlsq": lambda a, b: jaxlsq.lstsq(a, b).x,
         "jnp": lambda a, b: jnp.linalg.lstsq(a, b)[0],
     }
-    print("| shape | system | primal ms | value_and_grad / primal | hvp / primal |")
-    print("|---|---|---|---|---|")
+    print(
+        "| shape | system | primal ms | value_and_grad / primal | hvp / primal "
+        "| primal / jnp's | value_and_grad / jnp's |"
+    )
+    print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for shape in args.shapes.split(","):
-        m, n = map(int, shape.split("x"))
-        a, b = (jnp.asarray(rng.standard_normal(s), args.dtype) for s in ((m, n), (m,)))
-        da, db = (jnp.asarray(rng.standard_normal(s), args.dtype) for s in ((m, n), (m,)))
+        m, n, *k = map(int, shape.split("x"))
+        b_shape = (m, *k)
+        a, b = (jnp.asarray(rng.standard_normal(s), args.dtype) for s in ((m, n), b_shape))
+        da, db = (jnp.asarray(rng.standard_normal(s), args.dtype) for s in ((m, n), b_shape))
         calls = {}
         for name, solver in solvers.items():
             fs = systems(solver)
@@ -79,9 +86,10 @@ def main() -> None:
         med = {key: float(np.median(t)) for key, t in times.items()}
         for name in solvers:
             p = med[name, "primal"]
+            vs_jnp = [med[name, kind] / med["jnp", kind] for kind in ("primal", "value_and_grad")]
             print(
-                f"| {m}x{n} | {name} | {1e3 * p:.1f} | {med[name, 'value_and_grad'] / p:.2f} | "
-                f"{med[name, 'hvp'] / p:.2f} |"
+                f"| {shape} | {name} | {1e3 * p:.1f} | {med[name, 'value_and_grad'] / p:.2f} | "
+                f"{med[name, 'hvp'] / p:.2f} | {vs_jnp[0]:.2f} | {vs_jnp[1]:.2f} |"
             )
 
 

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 
 from . import _validate
 from ._factor import matmul
-from ._svd_solve import keep_mask, singular_values, solve
+from ._svd_solve import keep_mask, ridge_solve, singular_values, solve
 
 
 class LstsqResult(NamedTuple):
@@ -39,6 +39,7 @@ def lstsq(
     b: ArrayLike,
     rcond: ArrayLike | None = None,
     *,
+    l2_regularizer: ArrayLike | None = None,
     numpy_resid: bool = False,
 ) -> LstsqResult:
     r"""Minimum-norm least-squares solution of ``a @ x = b``, differentiable at any rank.
@@ -56,6 +57,14 @@ def lstsq(
         of the input dtype. Following LAPACK's ``gelsd`` (which NumPy calls), a value ``<= 0`` or
         ``>= 1`` means ``eps / 2``. May be a traced scalar under ``jit``; changing it does not
         recompile.
+      l2_regularizer: ``lam >= 0`` for ridge (Tikhonov) regression: ``x`` minimizes
+        ``||a x - b||^2 + lam ||x||^2`` over the singular directions that ``rcond`` keeps, through
+        the filter factors ``s / (s^2 + lam)``. ``None`` (the default) and ``0`` give the plain
+        minimum-norm solution (``0`` exactly so). A scalar, or an array that broadcasts against
+        the batch dimensions (one ``lam`` per problem, or many ``lam`` for one matrix: a
+        regularization path from one SVD). May be traced and is differentiable. Negative or
+        non-finite values raise where the value is known and give NaN in ``x`` and
+        ``residuals`` under ``jit``.
       numpy_resid: if True, return residuals exactly as NumPy does: an empty array when the rank
         is below ``N`` or ``M <= N``. That shape depends on values, so it works only outside
         ``jit``/``vmap``/``grad`` and for unbatched ``a``.
@@ -100,6 +109,17 @@ def lstsq(
       For one right-hand side the first-order work is :math:`O(MNK)` beyond the one factorization;
       second-order work adds dense factor tangents of :math:`O(MN\min(M, N))`.
 
+      With ``l2_regularizer=lam`` the solution is :math:`x = V D \Sigma U^H b`,
+      :math:`D = (\Sigma^2 + \lambda)^{-1}` over the kept values, and its derivative (in
+      :math:`A`, :math:`b` and :math:`\lambda`, at constant rank) is
+
+      .. math::
+
+         dx = V D V^H (dA^H r - A^H dA\,x + A^H db - d\lambda\,x) + (I - V V^H)\, dA^H U D U^H b,
+
+      which is the rule above at :math:`\lambda = 0`. The residuals are :math:`\|b - A x\|^2`,
+      without the penalty; ``rank`` and ``singular_values`` are those of ``a``.
+
       Differences from :func:`numpy.linalg.lstsq`: residuals are always returned (NumPy returns
       an empty array when the rank is below ``N`` or ``M <= N``; pass ``numpy_resid=True`` for
       that); batches are supported; integer and boolean inputs promote like ``jax.numpy``; float16
@@ -128,6 +148,8 @@ def lstsq(
     func = "jaxlsq.lstsq"
     plan = _validate.plan_lstsq(a, b, func)
     _validate.check_rcond(rcond, func)
+    lam = _validate.check_l2_regularizer(l2_regularizer, plan, func)
+    batch_shape = plan.batch_shape if lam is None else _validate.batch_with(plan, lam, func)
     if numpy_resid:
         _check_numpy_resid(plan, rcond)
     m, n = plan.a.shape[-2:]
@@ -136,12 +158,12 @@ def lstsq(
     if m == 0 or n == 0:
         x, residuals, rank, s = _empty(plan)
     else:
-        x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff)
-    x = jnp.broadcast_to(x, (*plan.batch_shape, n, k)).astype(plan.dtype)
-    residuals = jnp.broadcast_to(residuals, (*plan.batch_shape, k))
+        x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff, lam)
+    x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)
+    residuals = jnp.broadcast_to(residuals, (*batch_shape, k))
     residuals = residuals.astype(jnp.finfo(plan.dtype).dtype)
-    rank = jnp.broadcast_to(rank, plan.batch_shape)
-    s = jnp.broadcast_to(s, (*plan.batch_shape, min(m, n))).astype(jnp.finfo(plan.dtype).dtype)
+    rank = jnp.broadcast_to(rank, batch_shape)
+    s = jnp.broadcast_to(s, (*batch_shape, min(m, n))).astype(jnp.finfo(plan.dtype).dtype)
     if plan.b_is_vector:
         x = x[..., 0]
     if numpy_resid and (int(rank) < n or m <= n):
@@ -197,7 +219,9 @@ def _squared_norms(r: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, inline=True)
-def _lstsq_core(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, ...]:
+def _lstsq_core(
+    a: jax.Array, b: jax.Array, rcond: jax.Array, lam: jax.Array | None
+) -> tuple[jax.Array, ...]:
     """Solve on a's own batch shape; b's batch dimensions broadcast through the products.
 
     Non-finite entries are replaced by zeros before the SVD (LAPACK may misbehave on them) and
@@ -207,11 +231,16 @@ def _lstsq_core(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array
     finite_b = jnp.all(jnp.isfinite(b), axis=-2)
     a = jnp.where(finite_a[..., None, None], a, 0)
     b = jnp.where(finite_b[..., None, :], b, 0)
-    x = solve(a, b, rcond)
+    ok = finite_a[..., None] & finite_b  # (..., K)
+    if lam is None:
+        x = solve(a, b, rcond)
+    else:
+        valid = jnp.isfinite(lam) & (lam >= 0)
+        x = ridge_solve(a, b, rcond, jnp.where(valid, lam, 0))
+        ok = ok & valid[..., None]
     residuals = _squared_norms(b - matmul(a, x))
     s = singular_values(a)
     rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
-    ok = finite_a[..., None] & finite_b  # (..., K)
     x = jnp.where(ok[..., None, :], x, jnp.nan)
     residuals = jnp.where(ok, residuals, jnp.nan)
     s = jnp.where(finite_a[..., None], s, jnp.nan)

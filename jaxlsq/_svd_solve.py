@@ -64,9 +64,14 @@ def _kept_power(s: jax.Array, rcond: jax.Array, power: int, dtype) -> jax.Array:
     return jnp.where(keep, jnp.where(keep, s, 1) ** power, 0).astype(dtype)
 
 
+def _apply_filtered(f: Factor, filt: jax.Array, y: jax.Array) -> jax.Array:
+    """right diag(filt) left^H y, through the factorization (orthogonal factors only)."""
+    return f.right.apply(filt[..., None] * f.left.apply_h(y))
+
+
 def _apply_pinv(f: Factor, rcond: jax.Array, y: jax.Array) -> jax.Array:
-    """A^+ y = right S^+ left^H y, through the factorization (orthogonal factors only)."""
-    return f.right.apply(_kept_power(f.s, rcond, -1, y.dtype)[..., None] * f.left.apply_h(y))
+    """A^+ y = right S^+ left^H y."""
+    return _apply_filtered(f, _kept_power(f.s, rcond, -1, y.dtype), y)
 
 
 # --- robust factors for the tangents --------------------------------------------------------
@@ -181,6 +186,101 @@ def _solve_jvp(primals, tangents):
     inner = db - matmul(da, x) + ops.pinv_h(matmul(dah, r))
     dx = ops.pinv(inner) + ops.null(matmul(dah, ops.pinv_h_x))
     return x, dx
+
+
+# --- ridge (Tikhonov) -----------------------------------------------------------------------
+#
+# x = argmin ||A x - b||^2 + lam ||x||^2 over the kept singular directions, through the filter
+# factors s_i / (s_i^2 + lam): x = V D S U^H b with D = diag(1 / (s_i^2 + lam)), dropped values
+# filtered to 0, so lam -> 0 gives A^+ b with the same cutoff. Differentiating the normal
+# equations (A_k^H A_k + lam) x = A_k^H b of the rank-k truncation A_k (constant rank) gives
+#
+#     dx = V D V^H (dA^H r - A^H dA x + A^H db - dlam x) + (I - V V^H) dA^H y,
+#     y = U D U^H b  (so that A^H y = x and, at lam = 0, y = A^{+H} x),
+#
+# which is the pseudo-inverse rule above at lam = 0. The maps V D V^H and U D U^H are read from
+# the robust pairs of the plain solve: with C = S^{-2} in the pair's gauge (C = V^H Z for the
+# pair (V, Z), C = P^H P for (P, V)), D = (I + lam C)^{-1} C, a small k x k solve that JAX
+# differentiates, so outer derivatives (second order, d/dlam) stay gauge-free and finite.
+
+
+def _ridge_filter(s: jax.Array, rcond: jax.Array, lam: jax.Array, dtype) -> jax.Array:
+    """s_i / (s_i^2 + lam) for kept values, as 1 / (s_i + lam / s_i) (exactly 1 / s_i at lam 0)."""
+    keep = keep_mask(s, rcond)
+    s_kept = jnp.where(keep, s, 1)
+    return jnp.where(keep, 1 / (s_kept + lam[..., None] / s_kept), 0).astype(dtype)
+
+
+@jax.custom_jvp
+def ridge_solve(a: jax.Array, b: jax.Array, rcond: jax.Array, lam: jax.Array) -> jax.Array:
+    """x = V diag(s / (s^2 + lam)) U^H b over the kept values; lam (...) broadcasts on the batch."""
+    f = factorize(a)
+    return _apply_filtered(f, _ridge_filter(f.s, rcond, lam, b.dtype), b)
+
+
+class _RidgeOps(NamedTuple):
+    """The ridge rule's maps: V D V^H and I - V V^H on the row space side, and y = U D U^H b."""
+
+    inverse: Callable[[jax.Array], jax.Array]
+    null: Callable[[jax.Array], jax.Array]
+    y: jax.Array
+
+
+def _resolvent(c: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """E = (I + lam C)^{-1} and D = E C for the pair's C (..., k, k); lam (...) broadcasts."""
+    k = c.shape[-1]
+    lam = lam[..., None, None].astype(c.dtype)
+    shape = jnp.broadcast_shapes(c.shape, lam.shape)
+    eye = jnp.broadcast_to(jnp.eye(k, dtype=c.dtype), shape)
+    system = eye + lam * c
+    both = jnp.linalg.solve(system, jnp.concatenate([eye, jnp.broadcast_to(c, shape)], -1))
+    return both[..., :k], both[..., k:]
+
+
+def _ridge_ops(a: jax.Array, rcond: jax.Array, lam: jax.Array, b: jax.Array) -> _RidgeOps:
+    kind = reduction(a)
+    ah = adjoint(a)
+
+    def sandwich(basis, middle, w):  # basis middle basis^H w
+        return matmul(basis, matmul(middle, matmul(adjoint(basis), w)))
+
+    if kind == "wide":  # the pair of A^H: V holds A's left singular vectors, C = V^H Z
+        u, z = gram_factors(ah, rcond)
+        c = matmul(adjoint(u), z)
+        _, d = _resolvent(c, lam)
+        cd = matmul(c, d)  # S^{-2} D: A^H U (S^{-2} D) U^H A = V D V^H
+        return _RidgeOps(
+            lambda w: matmul(ah, sandwich(u, cd, matmul(a, w))),
+            lambda w: w - matmul(ah, sandwich(u, c, matmul(a, w))),
+            sandwich(u, d, b),
+        )
+    if kind == "tall":  # U = A V S^{-1}: U D U^H = A V (S^{-2} D) V^H A^H
+        v, z = gram_factors(a, rcond)
+        c = matmul(adjoint(v), z)
+        _, d = _resolvent(c, lam)
+        y = matmul(a, sandwich(v, matmul(c, d), matmul(ah, b)))
+    else:  # U = P S: U D U^H = P (S D S) P^H = P E P^H
+        p, v = pinv_factors(a, rcond)
+        e, d = _resolvent(matmul(adjoint(p), p), lam)
+        y = sandwich(p, e, b)
+    return _RidgeOps(
+        lambda w: sandwich(v, d, w),
+        lambda w: w - matmul(v, matmul(adjoint(v), w)),
+        y,
+    )
+
+
+@ridge_solve.defjvp
+def _ridge_solve_jvp(primals, tangents):
+    a, b, rcond, lam = primals
+    da, db, _, dlam = tangents
+    x = ridge_solve(a, b, rcond, lam)  # recursive, as for solve
+    ops = _ridge_ops(a, rcond, lam, b)
+    r = b - matmul(a, x)
+    dah = adjoint(da)
+    inner = matmul(dah, r) + matmul(adjoint(a), db - matmul(da, x))
+    inner = inner - dlam[..., None, None].astype(x.dtype) * x
+    return x, ops.inverse(inner) + ops.null(matmul(dah, ops.y))
 
 
 # --- singular values ------------------------------------------------------------------------

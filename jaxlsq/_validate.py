@@ -108,3 +108,36 @@ def check_rcond(rcond: ArrayLike | None, func: str = "jaxlsq.lstsq") -> None:
 def is_concrete(*arrays: jax.Array) -> bool:
     """True when every array holds values (outside jit, vmap and grad)."""
     return not any(isinstance(x, jax.core.Tracer) for x in arrays)
+
+
+def check_l2_regularizer(lam: ArrayLike | None, plan: Plan, func: str) -> jax.Array | None:
+    """lam as an array of the real compute dtype; a clear error where its value is known."""
+    if lam is None:
+        return None
+    dtype = np.dtype(getattr(lam, "dtype", None) or np.asarray(lam).dtype)
+    if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_) or jnp.issubdtype(
+        dtype, jnp.complexfloating
+    ):
+        raise TypeError(
+            f"{func}: l2_regularizer must be a real number or a real array; got dtype {dtype}."
+        )
+    lam = jnp.asarray(lam, jnp.finfo(plan.compute_dtype).dtype)
+    if is_concrete(lam) and lam.size and not bool(jnp.all(jnp.isfinite(lam) & (lam >= 0))):
+        bad = np.asarray(lam)[~(np.isfinite(np.asarray(lam)) & (np.asarray(lam) >= 0))]
+        raise ValueError(
+            f"{func}: l2_regularizer must be finite and >= 0; got {bad.ravel()[0]}. Pass lam >= 0 "
+            "(0 gives the plain minimum-norm solution)."
+        )
+    return lam
+
+
+def batch_with(plan: Plan, lam: jax.Array, func: str) -> tuple[int, ...]:
+    """The batch shape of the solution when l2_regularizer (shape (...)) joins a and b's batch."""
+    try:
+        return tuple(np.broadcast_shapes(plan.batch_shape, lam.shape))
+    except ValueError:
+        raise ValueError(
+            f"{func}: l2_regularizer has shape {lam.shape}, which does not broadcast against the "
+            f"batch dimensions {plan.batch_shape} of a and b; pass a scalar, one value per "
+            "problem, or an array that broadcasts against the batch shape."
+        ) from None

@@ -2,6 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._factorization import Factorization as Factorization
+from ._factorization import factorize as factorize
 from ._lstsq import LstsqResult as LstsqResult
 from ._lstsq import lstsq as lstsq
 
@@ -10,4 +12,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["LstsqResult", "lstsq", "__version__"]
+__all__ = ["Factorization", "LstsqResult", "factorize", "lstsq", "__version__"]

@@ -7,12 +7,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate
 from ._factor import matmul
-from ._svd_solve import keep_mask, ridge_solve, singular_values, solve
+from ._methods import cholesky_solve, qr_solve
+from ._svd_solve import keep_mask, ridge_solve, singular_values, solve, weighted_solve
 
 
 class LstsqResult(NamedTuple):
@@ -40,6 +40,8 @@ def lstsq(
     rcond: ArrayLike | None = None,
     *,
     l2_regularizer: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    method: str = "svd",
     numpy_resid: bool = False,
 ) -> LstsqResult:
     r"""Minimum-norm least-squares solution of ``a @ x = b``, differentiable at any rank.
@@ -65,6 +67,23 @@ def lstsq(
         regularization path from one SVD). May be traced and is differentiable. Negative or
         non-finite values raise where the value is known and give NaN in ``x`` and
         ``residuals`` under ``jit``.
+      weights: row weights ``w >= 0`` of shape ``(..., M)``: ``x`` minimizes
+        ``sum_i w_i |a_i x - b_i|^2`` (plus the ridge term), i.e. the problem of
+        ``(sqrt(w) a, sqrt(w) b)``. A zero weight drops its row exactly; ``rank`` and
+        ``singular_values`` are those of ``sqrt(w) a`` and ``residuals`` the weighted ones,
+        ``sum_i w_i |b_i - a_i x|^2``. Batch dimensions broadcast like ``a``'s. Differentiable in
+        ``w`` at any ``w >= 0`` (first order; second order through ``w`` needs all ``w > 0``,
+        and is NaN, not wrong, where a weight is exactly 0). Negative or non-finite weights raise
+        where the value is known and make that problem's outputs NaN (rank 0) under ``jit``.
+      method: ``"svd"`` (the default: any rank, NumPy's semantics), ``"qr"`` (Householder QR of
+        ``a``, or of ``a^H`` when wide: full column or row rank assumed, the minimum-norm answer)
+        or ``"cholesky"`` (the normal equations: full rank and ``eps * cond(a)^2 <= 1e-3``
+        assumed; ridge allowed). Both are faster than the SVD and differentiate correctly under
+        their assumption. They check it on their own factor; where it fails ``x`` and
+        ``residuals`` are NaN (and so are their derivatives), never a finite wrong answer. They
+        compute no singular values (``singular_values`` is NaN) and report ``rank`` as
+        ``min(M, N)`` where the check passes and an estimate below it where it fails (see
+        ``jaxlsq._methods``). ``"qr"`` takes no ``l2_regularizer``.
       numpy_resid: if True, return residuals exactly as NumPy does: an empty array when the rank
         is below ``N`` or ``M <= N``. That shape depends on values, so it works only outside
         ``jit``/``vmap``/``grad`` and for unbatched ``a``.
@@ -117,8 +136,17 @@ def lstsq(
 
          dx = V D V^H (dA^H r - A^H dA\,x + A^H db - d\lambda\,x) + (I - V V^H)\, dA^H U D U^H b,
 
-      which is the rule above at :math:`\lambda = 0`. The residuals are :math:`\|b - A x\|^2`,
-      without the penalty; ``rank`` and ``singular_values`` are those of ``a``.
+      which is the rule above at :math:`\lambda = 0`. It holds the rank like that rule: where a
+      perturbation lifts a zero singular value, the unrestricted ridge solution
+      :math:`(A^H A + \lambda)^{-1} A^H b` would also move by
+      :math:`(I - V V^H) dA^H (I - U U^H) b / \lambda`, which this derivative leaves out. The
+      residuals are :math:`\|b - A x\|^2`, without the penalty; ``rank`` and
+      ``singular_values`` are those of ``a``.
+
+      With ``weights`` the same rules apply to :math:`W^{1/2} A` and :math:`W^{1/2} b`, except for
+      the derivative in :math:`w`, taken from the weighted normal equations so that it stays
+      finite at zero weights: :math:`dx_w = (A^H W A + \lambda)^+ A^H dW\, r` over the kept
+      directions, with the unweighted residual :math:`r = b - A x`.
 
       Differences from :func:`numpy.linalg.lstsq`: residuals are always returned (NumPy returns
       an empty array when the rank is below ``N`` or ``M <= N``; pass ``numpy_resid=True`` for
@@ -149,16 +177,18 @@ def lstsq(
     plan = _validate.plan_lstsq(a, b, func)
     _validate.check_rcond(rcond, func)
     lam = _validate.check_l2_regularizer(l2_regularizer, plan, func)
-    batch_shape = plan.batch_shape if lam is None else _validate.batch_with(plan, lam, func)
+    w = _validate.check_weights(weights, plan, func)
+    _validate.check_method(method, lam, func)
+    batch_shape = _validate.batch_with(plan, func, lam, w)
     if numpy_resid:
         _check_numpy_resid(plan, rcond)
     m, n = plan.a.shape[-2:]
     k = plan.b.shape[-1]
-    rcond_eff = _effective_rcond(rcond, plan.dtype, plan.compute_dtype, m, n)
+    rcond_eff = _validate.effective_rcond(rcond, plan.dtype, plan.compute_dtype, m, n)
     if m == 0 or n == 0:
         x, residuals, rank, s = _empty(plan)
     else:
-        x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff, lam)
+        x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff, lam, w, method)
     x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)
     residuals = jnp.broadcast_to(residuals, (*batch_shape, k))
     residuals = residuals.astype(jnp.finfo(plan.dtype).dtype)
@@ -169,21 +199,6 @@ def lstsq(
     if numpy_resid and (int(rank) < n or m <= n):
         residuals = jnp.zeros((0,), residuals.dtype)
     return LstsqResult(x, residuals, rank, s)
-
-
-def _effective_rcond(
-    rcond: ArrayLike | None, dtype: np.dtype, compute_dtype: np.dtype, m: int, n: int
-) -> jax.Array:
-    """The cutoff ratio NumPy (through LAPACK's gelsd) uses, as a scalar of the real compute dtype.
-
-    eps is the input dtype's: a float16 matrix carries float16 rounding, however it is solved.
-    """
-    eps = float(jnp.finfo(dtype).eps)
-    real = jnp.finfo(compute_dtype).dtype
-    if rcond is None:
-        return jnp.asarray(eps * max(m, n), real)
-    rcond = jnp.asarray(rcond, real)
-    return jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, real), rcond)
 
 
 def _check_numpy_resid(plan: _validate.Plan, rcond: ArrayLike | None) -> None:
@@ -218,9 +233,14 @@ def _squared_norms(r: jax.Array) -> jax.Array:
     return jnp.sum(jnp.real(r * jnp.conj(r)), axis=-2)
 
 
-@partial(jax.jit, inline=True)
+@partial(jax.jit, inline=True, static_argnames="method")
 def _lstsq_core(
-    a: jax.Array, b: jax.Array, rcond: jax.Array, lam: jax.Array | None
+    a: jax.Array,
+    b: jax.Array,
+    rcond: jax.Array,
+    lam: jax.Array | None,
+    w: jax.Array | None,
+    method: str,
 ) -> tuple[jax.Array, ...]:
     """Solve on a's own batch shape; b's batch dimensions broadcast through the products.
 
@@ -231,16 +251,36 @@ def _lstsq_core(
     finite_b = jnp.all(jnp.isfinite(b), axis=-2)
     a = jnp.where(finite_a[..., None, None], a, 0)
     b = jnp.where(finite_b[..., None, :], b, 0)
+    if w is not None:  # invalid weights poison their whole problem, like a non-finite a
+        valid_w = jnp.all(jnp.isfinite(w) & (w >= 0), axis=-1)
+        finite_a = finite_a & valid_w
+        w = jnp.where(valid_w[..., None], w, 1)
     ok = finite_a[..., None] & finite_b  # (..., K)
-    if lam is None:
-        x = solve(a, b, rcond)
-    else:
+    if lam is not None:
         valid = jnp.isfinite(lam) & (lam >= 0)
-        x = ridge_solve(a, b, rcond, jnp.where(valid, lam, 0))
+        lam = jnp.where(valid, lam, 0)
         ok = ok & valid[..., None]
-    residuals = _squared_norms(b - matmul(a, x))
-    s = singular_values(a)
-    rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
+    root = None if w is None else jnp.sqrt(w)[..., None].astype(a.dtype)
+    if method == "svd" and w is not None:
+        x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
+        s = singular_values(root * a)
+    elif method == "svd":
+        x = solve(a, b, rcond) if lam is None else ridge_solve(a, b, rcond, lam)
+        s = singular_values(a)
+    if method == "svd":
+        rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
+    else:  # no SVD: singular values are not computed (NaN), rank is the method's estimate
+        a_m, b_m = (a, b) if root is None else (root * a, root * b)
+        if method == "qr":
+            x, rank = qr_solve(a_m, b_m, rcond)
+        else:
+            x, rank = cholesky_solve(a_m, b_m, jnp.zeros((), rcond.dtype) if lam is None else lam)
+        s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
+    r = b - matmul(a, x)
+    if w is None:
+        residuals = _squared_norms(r)
+    else:  # w |r|^2 rather than |sqrt(w) r|^2: smooth in w at w = 0
+        residuals = jnp.sum(w[..., None] * jnp.real(r * jnp.conj(r)), axis=-2)
     x = jnp.where(ok[..., None, :], x, jnp.nan)
     residuals = jnp.where(ok, residuals, jnp.nan)
     s = jnp.where(finite_a[..., None], s, jnp.nan)

@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ._factor import Factor, adjoint, factorize, matmul, reduction
 
@@ -211,10 +212,20 @@ def _ridge_filter(s: jax.Array, rcond: jax.Array, lam: jax.Array, dtype) -> jax.
     return jnp.where(keep, 1 / (s_kept + lam[..., None] / s_kept), 0).astype(dtype)
 
 
-@jax.custom_jvp
 def ridge_solve(a: jax.Array, b: jax.Array, rcond: jax.Array, lam: jax.Array) -> jax.Array:
     """x = V diag(s / (s^2 + lam)) U^H b over the kept values; lam (...) broadcasts on the batch."""
-    f = factorize(a)
+    return factored_ridge_solve(a, factorize(lax.stop_gradient(a)), b, rcond, lam)
+
+
+@jax.custom_jvp
+def factored_ridge_solve(
+    a: jax.Array, f: Factor, b: jax.Array, rcond: jax.Array, lam: jax.Array
+) -> jax.Array:
+    """ridge_solve with a's factorization f given (computed once, reused for many solves).
+
+    f carries no derivative: the rule differentiates through a (its pairs), so f may come from
+    anywhere, e.g. a factorization kept across jit boundaries.
+    """
     return _apply_filtered(f, _ridge_filter(f.s, rcond, lam, b.dtype), b)
 
 
@@ -270,11 +281,11 @@ def _ridge_ops(a: jax.Array, rcond: jax.Array, lam: jax.Array, b: jax.Array) -> 
     )
 
 
-@ridge_solve.defjvp
-def _ridge_solve_jvp(primals, tangents):
-    a, b, rcond, lam = primals
-    da, db, _, dlam = tangents
-    x = ridge_solve(a, b, rcond, lam)  # recursive, as for solve
+@factored_ridge_solve.defjvp
+def _factored_ridge_solve_jvp(primals, tangents):
+    a, f, b, rcond, lam = primals
+    da, _, db, _, dlam = tangents
+    x = factored_ridge_solve(a, f, b, rcond, lam)  # recursive, as for solve
     ops = _ridge_ops(a, rcond, lam, b)
     r = b - matmul(a, x)
     dah = adjoint(da)
@@ -283,19 +294,65 @@ def _ridge_solve_jvp(primals, tangents):
     return x, ops.inverse(inner) + ops.null(matmul(dah, ops.y))
 
 
-# --- singular values ------------------------------------------------------------------------
+# --- row weights ----------------------------------------------------------------------------
+#
+# min sum_i w_i |a_i x - b_i|^2 is the problem of (W^{1/2} A, W^{1/2} b). Through the square roots
+# the w-derivative would divide by sqrt(w_i), infinite at w_i = 0, where x is in fact smooth. The
+# rule therefore takes the tangents in A, b and lam through the ridge rule at (W^{1/2} A,
+# W^{1/2} b) and adds the w-term of the weighted normal equations (A^H W A + lam) x = A^H W b,
+#
+#     dx_w = (A^H W A + lam)^+_k A^H dW r,   r = b - A x,
+#
+# which holds at any w >= 0, zero weights included. (Its Golub-Pereyra null-space term vanishes:
+# A^H dW r lies in A's row space, which W^{1/2} A keeps; where a zero-weight row lies outside the
+# others' row space, raising its weight raises the rank, and the rule keeps the constant-rank
+# extension.) Second derivatives that differentiate w twice, or w and A, pass through sqrt(w)
+# again and are infinite or NaN at w_i = 0 exactly; elsewhere they are exact.
 
 
 @jax.custom_jvp
+def weighted_solve(
+    a: jax.Array, b: jax.Array, rcond: jax.Array, lam: jax.Array, w: jax.Array
+) -> jax.Array:
+    """The ridge solve of (W^{1/2} a, W^{1/2} b) for row weights w (..., M) >= 0."""
+    root = jnp.sqrt(w)[..., None].astype(a.dtype)
+    return ridge_solve(root * a, root * b, rcond, lam)
+
+
+@weighted_solve.defjvp
+def _weighted_solve_jvp(primals, tangents):
+    a, b, rcond, lam, w = primals
+    da, db, _, dlam, dw = tangents
+    root = jnp.sqrt(w)[..., None].astype(a.dtype)
+    a_w, b_w = root * a, root * b
+    x, dx = jax.jvp(
+        lambda a_w, b_w, lam: ridge_solve(a_w, b_w, rcond, lam),
+        (a_w, b_w, lam),
+        (root * da, root * db, dlam),
+    )
+    r = b - matmul(a, x)
+    dx_w = _ridge_ops(a_w, rcond, lam, b_w).inverse(matmul(adjoint(a), dw[..., None] * r))
+    return x, dx + dx_w
+
+
+# --- singular values ------------------------------------------------------------------------
+
+
 def singular_values(a: jax.Array) -> jax.Array:
     """All min(M, N) singular values of a, descending."""
-    return factorize(a).s
+    return singular_values_of(a, factorize(lax.stop_gradient(a)).s)
 
 
-@singular_values.defjvp
+@jax.custom_jvp
+def singular_values_of(a: jax.Array, s: jax.Array) -> jax.Array:
+    """a's singular values s, computed already; derivatives go through a."""
+    return s
+
+
+@singular_values_of.defjvp
 def _singular_values_jvp(primals, tangents):
     # ds_i = Re(u_i^H dA v_i), exact to first order also where singular values repeat.
-    (a,), (da,) = primals, tangents
+    (a, _), (da, _) = primals, tangents
     f = factorize(a, explicit=True)  # differentiable by JAX's QR and SVD rules (second order)
     u, v = f.left.dense(), f.right.dense()
     ds = jnp.real(jnp.sum(jnp.conj(u) * matmul(da, v), axis=-2))

@@ -52,15 +52,36 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(jnp.float32) if dtype in _LOW_PRECISION else dtype
 
 
-def plan_lstsq(a: ArrayLike, b: ArrayLike, func: str = "jaxlsq.lstsq") -> Plan:
-    """Checks a and b, promotes them and broadcasts nothing yet (the SVD runs on a's own batch)."""
+def as_matrix(a: ArrayLike, func: str) -> jax.Array:
+    """a as an array of numbers with at least two dimensions (..., M, N)."""
     a = _as_array(a, "a", func)
-    b = _as_array(b, "b", func)
     if a.ndim < 2:
         raise ValueError(
             f"{func}: a must have shape (M, N) or (..., M, N); got shape {a.shape} "
             f"({a.ndim}-D). Pass a 2-D matrix, or a stack of them."
         )
+    return a
+
+
+def effective_rcond(
+    rcond: ArrayLike | None, dtype: np.dtype, compute_dtype: np.dtype, m: int, n: int
+) -> jax.Array:
+    """The cutoff ratio NumPy (through LAPACK's gelsd) uses, as a scalar of the real compute dtype.
+
+    eps is the input dtype's: a float16 matrix carries float16 rounding, however it is solved.
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    real = jnp.finfo(compute_dtype).dtype
+    if rcond is None:
+        return jnp.asarray(eps * max(m, n), real)
+    rcond = jnp.asarray(rcond, real)
+    return jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, real), rcond)
+
+
+def plan_lstsq(a: ArrayLike, b: ArrayLike, func: str = "jaxlsq.lstsq") -> Plan:
+    """Checks a and b, promotes them and broadcasts nothing yet (the SVD runs on a's own batch)."""
+    a = as_matrix(a, func)
+    b = _as_array(b, "b", func)
     if b.ndim < 1:
         raise ValueError(
             f"{func}: b must have shape (M,), (M, K) or (..., M, K); got a scalar (shape ()). "
@@ -110,34 +131,82 @@ def is_concrete(*arrays: jax.Array) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in arrays)
 
 
-def check_l2_regularizer(lam: ArrayLike | None, plan: Plan, func: str) -> jax.Array | None:
-    """lam as an array of the real compute dtype; a clear error where its value is known."""
-    if lam is None:
-        return None
-    dtype = np.dtype(getattr(lam, "dtype", None) or np.asarray(lam).dtype)
+def _real_array(x: ArrayLike, name: str, plan: Plan, func: str, what: str) -> jax.Array:
+    """x as an array of the real compute dtype, with a clear error where a value is invalid."""
+    dtype = np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype)
     if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_) or jnp.issubdtype(
         dtype, jnp.complexfloating
     ):
-        raise TypeError(
-            f"{func}: l2_regularizer must be a real number or a real array; got dtype {dtype}."
-        )
-    lam = jnp.asarray(lam, jnp.finfo(plan.compute_dtype).dtype)
-    if is_concrete(lam) and lam.size and not bool(jnp.all(jnp.isfinite(lam) & (lam >= 0))):
-        bad = np.asarray(lam)[~(np.isfinite(np.asarray(lam)) & (np.asarray(lam) >= 0))]
-        raise ValueError(
-            f"{func}: l2_regularizer must be finite and >= 0; got {bad.ravel()[0]}. Pass lam >= 0 "
-            "(0 gives the plain minimum-norm solution)."
-        )
-    return lam
+        raise TypeError(f"{func}: {name} must be a real number or a real array; got dtype {dtype}.")
+    x = jnp.asarray(x, jnp.finfo(plan.compute_dtype).dtype)
+    if is_concrete(x) and x.size:
+        values = np.asarray(x)
+        bad = values[~(np.isfinite(values) & (values >= 0))]
+        if bad.size:
+            raise ValueError(f"{func}: {name} must be finite and >= 0; got {bad[0]}. {what}")
+    return x
 
 
-def batch_with(plan: Plan, lam: jax.Array, func: str) -> tuple[int, ...]:
-    """The batch shape of the solution when l2_regularizer (shape (...)) joins a and b's batch."""
-    try:
-        return tuple(np.broadcast_shapes(plan.batch_shape, lam.shape))
-    except ValueError:
+def check_l2_regularizer(lam: ArrayLike | None, plan: Plan, func: str) -> jax.Array | None:
+    """lam as an array of the real compute dtype (None stays None)."""
+    if lam is None:
+        return None
+    return _real_array(
+        lam,
+        "l2_regularizer",
+        plan,
+        func,
+        "Pass lam >= 0 (0 gives the plain minimum-norm solution).",
+    )
+
+
+def check_weights(weights: ArrayLike | None, plan: Plan, func: str) -> jax.Array | None:
+    """Row weights (..., M) as an array of the real compute dtype (None stays None)."""
+    if weights is None:
+        return None
+    m = plan.a.shape[-2]
+    shape = np.shape(weights)
+    if len(shape) < 1 or shape[-1] != m:
         raise ValueError(
-            f"{func}: l2_regularizer has shape {lam.shape}, which does not broadcast against the "
-            f"batch dimensions {plan.batch_shape} of a and b; pass a scalar, one value per "
-            "problem, or an array that broadcasts against the batch shape."
-        ) from None
+            f"{func}: weights must have shape (..., M) = (..., {m}), one weight per row of a; got "
+            f"shape {shape}."
+        )
+    return _real_array(
+        weights, "weights", plan, func, "Pass w >= 0 (0 drops a row; NaN or inf is not a weight)."
+    )
+
+
+def batch_with(
+    plan: Plan, func: str, lam: jax.Array | None, weights: jax.Array | None
+) -> tuple[int, ...]:
+    """The solution's batch shape when l2_regularizer (...) and weights (..., M) join a and b's."""
+    shape = plan.batch_shape
+    for name, batch in (("l2_regularizer", lam), ("weights", weights)):
+        if batch is None:
+            continue
+        batch_shape = batch.shape if name == "l2_regularizer" else batch.shape[:-1]
+        try:
+            shape = tuple(np.broadcast_shapes(shape, batch_shape))
+        except ValueError:
+            part = "which" if batch_shape == batch.shape else f"whose batch part {batch_shape}"
+            raise ValueError(
+                f"{func}: {name} has shape {batch.shape}, {part} does not broadcast against the "
+                f"batch dimensions {shape} of the other inputs; pass one value for all problems, "
+                "one per problem, or a shape that broadcasts."
+            ) from None
+    return shape
+
+
+METHODS = ("svd", "qr", "cholesky")
+
+
+def check_method(method: str, lam: jax.Array | None, func: str) -> None:
+    if method not in METHODS:
+        raise ValueError(
+            f"{func}: method must be one of {', '.join(map(repr, METHODS))}; got {method!r}."
+        )
+    if method == "qr" and lam is not None:
+        raise ValueError(
+            f"{func}: method='qr' has no ridge term; got l2_regularizer. Use method='svd' (any "
+            "rank) or method='cholesky' (well-conditioned problems) for ridge regression."
+        )

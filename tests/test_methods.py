@@ -1,0 +1,120 @@
+"""method="qr" and method="cholesky": full-rank fast paths, against NumPy and the SVD path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, count_qrs, count_svds, low_rank, randn, with_singular_values
+from jax.test_util import check_grads
+
+import jaxlsq
+
+SHAPES = {"tall": (30, 5), "wide": (5, 30), "square": (6, 6)}
+METHODS = ["qr", "cholesky"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128, np.complex64])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_numpy_at_full_rank(shape, method, dtype):
+    rng = np.random.default_rng(1)
+    complex_ = np.iscomplexobj(dtype(0))
+    m, n = SHAPES[shape]
+    a = with_singular_values(rng, m, n, np.linspace(1, 10, min(m, n)), complex_).astype(dtype)
+    b = randn(rng, (m, 2), complex_).astype(dtype)
+    wide = np.complex128 if complex_ else np.float64
+    x_ref = np.linalg.lstsq(a.astype(wide), b.astype(wide), rcond=None)[0]
+    # cond = 10: QR errs by O(eps cond), the normal equations by O(eps cond^2)
+    tol = 100 * np.finfo(dtype).eps * (10 if method == "qr" else 100)
+    for f in (jaxlsq.lstsq, jax.jit(jaxlsq.lstsq, static_argnames="method")):
+        x, residuals, rank, s = f(a, b, method=method)
+        assert x.dtype == dtype
+        assert_close(x, x_ref, tol)
+        assert int(rank) == min(m, n)
+        assert np.all(np.isnan(s)) and s.shape == (min(m, n),)
+        r = b.astype(wide) - a.astype(wide) @ np.asarray(x, wide)
+        assert_close(residuals, np.sum(np.abs(r) ** 2, axis=0), tol)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_weights_and_ridge_agree_with_the_svd_path(shape, method):
+    rng = np.random.default_rng(2)
+    a, b = randn(rng, SHAPES[shape]), randn(rng, (SHAPES[shape][0], 3))
+    w = rng.uniform(0.5, 2.0, a.shape[0])
+    options = [{"weights": w}, {"l2_regularizer": 0.3}, {"weights": w, "l2_regularizer": 0.3}]
+    for kwargs in options if method == "cholesky" else options[:1]:
+        got = jaxlsq.lstsq(a, b, method=method, **kwargs)
+        want = jaxlsq.lstsq(a, b, **kwargs)
+        assert_close(got.x, want.x, 1e-10, err_msg=str(kwargs))
+        assert_close(got.residuals, want.residuals, 1e-10, err_msg=str(kwargs))
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_derivatives_at_full_rank(shape, method, complex_):
+    rng = np.random.default_rng(3)
+    m, n = SHAPES[shape]
+    a = with_singular_values(rng, m, n, np.linspace(1, 3, min(m, n)), complex_)
+    b = randn(rng, (m, 2), complex_)
+    da, db = randn(rng, a.shape, complex_), randn(rng, b.shape, complex_)
+
+    def x_of(method):
+        return lambda a, b: jaxlsq.lstsq(a, b, method=method)[:2]
+
+    got = jax.jvp(x_of(method), (a, b), (da, db))
+    want = jax.jvp(x_of("svd"), (a, b), (da, db))
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert_close(g, w, 1e-10)
+
+    def loss(method):  # of the real and imaginary parts, for jax.hessian
+        return lambda ar, ai: jnp.sum(
+            jnp.abs(x_of(method)(ar + 1j * ai if complex_ else ar, b)[0]) ** 2
+        )
+
+    got_h = jax.jit(jax.hessian(loss(method), (0, 1)))(a.real, a.imag)
+    want_h = jax.jit(jax.hessian(loss("svd"), (0, 1)))(a.real, a.imag)
+    for g, w in zip(jax.tree_util.tree_leaves(got_h), jax.tree_util.tree_leaves(want_h)):
+        assert_close(g, w, 1e-9)
+    if not complex_:
+        check_grads(x_of(method), (a, b), order=2, modes=("fwd", "rev"), eps=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_violated_assumption_gives_nan_never_a_finite_answer(shape, method):
+    rng = np.random.default_rng(4)
+    m, n = SHAPES[shape]
+    cases = {"rank_deficient": low_rank(rng, m, n, 2)}
+    if method == "cholesky":  # cond 1e7: eps cond^2 = 2e-2 > 1e-3
+        cases["ill_conditioned"] = with_singular_values(rng, m, n, np.geomspace(1, 1e-7, min(m, n)))
+    for name, a in cases.items():
+        b = randn(rng, (m,))
+        out = jax.jit(lambda a, b: jaxlsq.lstsq(a, b, method=method))(a, b)
+        assert np.all(np.isnan(out.x)) and np.all(np.isnan(out.residuals)), name
+        assert int(out.rank) < min(m, n), name
+        grad = jax.grad(lambda a: jnp.sum(jaxlsq.lstsq(a, b, method=method).x))(a)
+        assert np.all(np.isnan(grad)), name
+        _, tangent = jax.jvp(lambda a: jaxlsq.lstsq(a, b, method=method).x, (a,), (a,))
+        assert np.all(np.isnan(tangent)), name
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_svd_in_the_compiled_program(method):
+    rng = np.random.default_rng(5)
+    a, b = randn(rng, (60, 12)), randn(rng, (60,))
+
+    def value_and_grad(a, b):
+        return jax.value_and_grad(lambda a: jnp.sum(jaxlsq.lstsq(a, b, method=method).x ** 2))(a)
+
+    assert count_svds(value_and_grad, a, b) == 0
+    assert count_qrs(value_and_grad, a, b) == (1 if method == "qr" else 0)
+
+
+def test_errors():
+    a, b = np.eye(3), np.ones(3)
+    with pytest.raises(ValueError, match="jaxlsq.lstsq: method must be one of 'svd', 'qr', 'chol"):
+        jaxlsq.lstsq(a, b, method="lu")
+    with pytest.raises(ValueError, match="method='qr' has no ridge term"):
+        jaxlsq.lstsq(a, b, method="qr", l2_regularizer=0.1)

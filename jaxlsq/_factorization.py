@@ -87,7 +87,9 @@ class Factorization(NamedTuple):
 def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
     r"""Factor ``a`` once (its SVD, through QR for tall and wide ``a``) to solve with it many times.
 
-    ``jaxlsq.factorize(a).solve(b)`` equals ``jaxlsq.lstsq(a, b).x``; keeping the factorization
+    ``jaxlsq.factorize(a).solve(b)`` equals ``jaxlsq.lstsq(a, b).x`` for ``b`` of ``a``'s dtype
+    (``solve`` returns the factorization's compute dtype, float32 for float16 and bfloat16 input,
+    and refuses complex ``b`` for a real ``a``); keeping the factorization
     makes every further ``solve`` (or ``solve_adjoint``) cost ``O(M N K)`` instead of a new
     factorization. The result is a pytree: return it from ``jit``, pass it into ``jit``, ``vmap``
     over it, and differentiate through it.
@@ -128,4 +130,5 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
     rcond_eff = _validate.effective_rcond(rcond, dtype, work, m, n)
     finite = jnp.all(jnp.isfinite(a), axis=(-2, -1))
     a = jnp.where(finite[..., None, None], a, 0)
+    rcond_eff = jnp.broadcast_to(rcond_eff, finite.shape)  # per problem, so vmap can stack it
     return Factorization(a, _factor(lax.stop_gradient(a)), rcond_eff, finite)

@@ -72,8 +72,9 @@ def lstsq(
         ``(sqrt(w) a, sqrt(w) b)``. A zero weight drops its row exactly; ``rank`` and
         ``singular_values`` are those of ``sqrt(w) a`` and ``residuals`` the weighted ones,
         ``sum_i w_i |b_i - a_i x|^2``. Batch dimensions broadcast like ``a``'s. Differentiable in
-        ``w`` at any ``w >= 0`` (first order; second order through ``w`` needs all ``w > 0``,
-        and is NaN, not wrong, where a weight is exactly 0). Negative or non-finite weights raise
+        ``w`` at any ``w >= 0`` (first order; second order through ``w``, and the derivative of
+        ``singular_values`` in ``w``, need all ``w > 0`` and are NaN, not wrong, where a weight
+        is exactly 0). Negative or non-finite weights raise
         where the value is known and make that problem's outputs NaN (rank 0) under ``jit``.
       method: ``"svd"`` (the default: any rank, NumPy's semantics), ``"qr"`` (Householder QR of
         ``a``, or of ``a^H`` when wide: full column or row rank assumed, the minimum-norm answer)
@@ -141,7 +142,8 @@ def lstsq(
       :math:`(A^H A + \lambda)^{-1} A^H b` would also move by
       :math:`(I - V V^H) dA^H (I - U U^H) b / \lambda`, which this derivative leaves out. The
       residuals are :math:`\|b - A x\|^2`, without the penalty; ``rank`` and
-      ``singular_values`` are those of ``a``.
+      ``singular_values`` are those of ``a`` (with ``method="svd"``; the other methods report
+      their own rank estimate, see ``method``).
 
       With ``weights`` the same rules apply to :math:`W^{1/2} A` and :math:`W^{1/2} b`, except for
       the derivative in :math:`w`, taken from the weighted normal equations so that it stays
@@ -181,12 +183,12 @@ def lstsq(
     _validate.check_method(method, lam, func)
     batch_shape = _validate.batch_with(plan, func, lam, w)
     if numpy_resid:
-        _check_numpy_resid(plan, rcond)
+        _check_numpy_resid(plan, rcond, batch_shape)
     m, n = plan.a.shape[-2:]
     k = plan.b.shape[-1]
     rcond_eff = _validate.effective_rcond(rcond, plan.dtype, plan.compute_dtype, m, n)
     if m == 0 or n == 0:
-        x, residuals, rank, s = _empty(plan)
+        x, residuals, rank, s = _empty(plan, lam, w)
     else:
         x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff, lam, w, method)
     x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)
@@ -201,7 +203,9 @@ def lstsq(
     return LstsqResult(x, residuals, rank, s)
 
 
-def _check_numpy_resid(plan: _validate.Plan, rcond: ArrayLike | None) -> None:
+def _check_numpy_resid(
+    plan: _validate.Plan, rcond: ArrayLike | None, batch_shape: tuple[int, ...]
+) -> None:
     if not _validate.is_concrete(plan.a, plan.b, rcond):
         raise ValueError(
             "jaxlsq.lstsq: numpy_resid=True needs concrete values, but was called under a JAX "
@@ -209,20 +213,30 @@ def _check_numpy_resid(plan: _validate.Plan, rcond: ArrayLike | None) -> None:
             "the rank. Use the default numpy_resid=False and select the residuals yourself, e.g. "
             "jnp.where((rank == N) & (M > N), residuals, jnp.nan)."
         )
-    if plan.batch_shape:
+    if batch_shape:
         raise ValueError(
             f"jaxlsq.lstsq: numpy_resid=True follows numpy.linalg.lstsq, which takes one matrix; "
-            f"got a batch of shape {plan.batch_shape}. Use numpy_resid=False and mask the "
+            f"got a batch of shape {batch_shape}. Use numpy_resid=False and mask the "
             "residuals with rank == N and M > N."
         )
 
 
-def _empty(plan: _validate.Plan) -> tuple[jax.Array, ...]:
-    """M == 0 or N == 0: x = 0, rank 0, no singular values, residuals ||b||^2 (as NumPy)."""
+def _empty(
+    plan: _validate.Plan, lam: jax.Array | None, w: jax.Array | None
+) -> tuple[jax.Array, ...]:
+    """M == 0 or N == 0: x = 0, rank 0, no singular values, residuals ||b||^2 (as NumPy), weighted
+    with w; NaN where lam or w is invalid."""
     a, b = plan.a, plan.b
     n = a.shape[-1]
     x = jnp.zeros((n, b.shape[-1]), a.dtype)
-    residuals = _squared_norms(b)
+    if w is None:
+        residuals = _squared_norms(b)
+    else:
+        residuals = jnp.sum(w[..., None] * jnp.real(b * jnp.conj(b)), axis=-2)
+        valid = jnp.all(jnp.isfinite(w) & (w >= 0), axis=-1)
+        residuals = residuals * jnp.where(valid, 1, jnp.nan)[..., None]
+    if lam is not None:
+        residuals = residuals * jnp.where(jnp.isfinite(lam) & (lam >= 0), 1, jnp.nan)[..., None]
     rank = jnp.zeros(a.shape[:-2], jnp.int32)
     s = jnp.zeros((*a.shape[:-2], 0), jnp.finfo(a.dtype).dtype)
     return x, residuals, rank, s
@@ -251,15 +265,26 @@ def _lstsq_core(
     finite_b = jnp.all(jnp.isfinite(b), axis=-2)
     a = jnp.where(finite_a[..., None, None], a, 0)
     b = jnp.where(finite_b[..., None, :], b, 0)
-    if w is not None:  # invalid weights poison their whole problem, like a non-finite a
+    # Invalid options poison their problem: NaN in value and (multiplied in) in derivatives.
+    options_ok = jnp.ones((), bool)
+    # 0 * (the raw options): adds nothing to a valid answer, but ties a NaN answer to them so
+    # that its derivatives in lam and w are NaN too (the masked options carry none).
+    tie = jnp.zeros((), rcond.dtype)
+    if w is not None:
+        tie = tie + 0 * jnp.sum(w, axis=-1)
+    if lam is not None:
+        tie = tie + 0 * lam
+    if w is not None:  # invalid weights: also no singular values and rank 0, like a non-finite a
         valid_w = jnp.all(jnp.isfinite(w) & (w >= 0), axis=-1)
         finite_a = finite_a & valid_w
+        options_ok = options_ok & valid_w
         w = jnp.where(valid_w[..., None], w, 1)
     ok = finite_a[..., None] & finite_b  # (..., K)
     if lam is not None:
         valid = jnp.isfinite(lam) & (lam >= 0)
         lam = jnp.where(valid, lam, 0)
         ok = ok & valid[..., None]
+        options_ok = options_ok & valid
     root = None if w is None else jnp.sqrt(w)[..., None].astype(a.dtype)
     if method == "svd" and w is not None:
         x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
@@ -271,6 +296,12 @@ def _lstsq_core(
         rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
     else:  # no SVD: singular values are not computed (NaN), rank is the method's estimate
         a_m, b_m = (a, b) if root is None else (root * a, root * b)
+        # LAPACK's triangular solves take equal batch dimensions: broadcast them first
+        lam_shape = () if lam is None else lam.shape
+        batch = jnp.broadcast_shapes(a_m.shape[:-2], b_m.shape[:-2], lam_shape)
+        a_m = jnp.broadcast_to(a_m, (*batch, *a_m.shape[-2:]))
+        b_m = jnp.broadcast_to(b_m, (*batch, *b_m.shape[-2:]))
+        lam = None if lam is None else jnp.broadcast_to(lam, batch)
         if method == "qr":
             x, rank = qr_solve(a_m, b_m, rcond)
         else:
@@ -281,8 +312,9 @@ def _lstsq_core(
         residuals = _squared_norms(r)
     else:  # w |r|^2 rather than |sqrt(w) r|^2: smooth in w at w = 0
         residuals = jnp.sum(w[..., None] * jnp.real(r * jnp.conj(r)), axis=-2)
-    x = jnp.where(ok[..., None, :], x, jnp.nan)
-    residuals = jnp.where(ok, residuals, jnp.nan)
+    poison = jnp.where(options_ok, 1, jnp.nan) + tie
+    x = jnp.where(ok[..., None, :], x, jnp.nan) * poison[..., None, None].astype(x.dtype)
+    residuals = jnp.where(ok, residuals, jnp.nan) * poison[..., None]
     s = jnp.where(finite_a[..., None], s, jnp.nan)
     rank = jnp.where(finite_a, rank, 0)
     return x, residuals, rank, s

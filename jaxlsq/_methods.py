@@ -6,10 +6,11 @@ QR, Cholesky and triangular-solve rules differentiate them correctly, to any ord
 its assumption on the factor it already has, and where the check fails the solution is NaN (never
 a finite wrong answer; multiplied by NaN so that tangents and gradients are NaN too), with the
 rank estimate the check gives (0 where the factorization itself fails):
-- qr: |R_ii| > rcond * max_j |R_jj| for every i (R of a, or of a^H when wide). Exact rank
-  deficiency gives a zero diagonal entry in exact arithmetic, so rounding leaves it near eps;
-  the count of entries above the cutoff is an estimate of the rank, and rare near-deficient
-  matrices (Kahan's) pass the check.
+- qr: |R_ii| > c * max_j |R_jj| for every i (R of a, or of a^H when wide), with
+  c = max(rcond, 1e3 eps max(M, N)). Exact rank deficiency gives a zero diagonal entry in exact
+  arithmetic, which rounding leaves at a few eps; the margin keeps it below c, at the price of
+  flagging matrices with cond(a) beyond about 1 / (1e3 eps max(M, N)). The count of entries
+  above c estimates the rank; rare near-deficient matrices (Kahan's) pass the check.
 - cholesky: eps * cond(A)^2 <= 1e-3, with cond(A)^2 = cond(G) of G = A^H A + lam (or A A^H + lam)
   estimated from its Cholesky factor: ||G||_F over a Rayleigh quotient after three steps of
   inverse iteration. Past it the normal equations keep fewer than 3 digits. Where it fails the
@@ -49,7 +50,11 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
             r, b, left_side=True, lower=False, transpose_a=True, conjugate_a=True
         )
         x = matmul(q, z)
-    rank, holds = _diagonal_check(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), rcond)
+    # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
+    # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff.
+    margin = 1e3 * float(jnp.finfo(a.dtype).eps) * max(m, n)
+    cutoff = jnp.maximum(rcond, jnp.asarray(margin, rcond.dtype))
+    rank, holds = _diagonal_check(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), cutoff[..., None])
     return _flag(x, holds), rank
 
 

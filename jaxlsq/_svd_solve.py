@@ -56,7 +56,7 @@ from ._factor import Factor, adjoint, factorize, matmul, reduction
 
 def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
     """Singular values kept by LAPACK's rule: s_i > rcond * s_max (s sorted, descending)."""
-    return s > rcond * s[..., :1]
+    return s > jnp.asarray(rcond)[..., None] * s[..., :1]  # rcond: a scalar or one per problem
 
 
 def _kept_power(s: jax.Array, rcond: jax.Array, power: int, dtype) -> jax.Array:

@@ -109,3 +109,18 @@ def test_errors_and_non_finite():
     assert np.all(np.isnan(bad.solve(np.ones(2)))) and int(bad.rank) == 0
     assert np.all(np.isnan(bad.singular_values))
     assert np.all(np.isnan(f.solve(np.array([1.0, np.inf, 1.0]))))
+
+
+def test_stacked_by_vmap_and_used_outside_and_the_other_way():
+    rng = np.random.default_rng(4)
+    a = randn(rng, (4, 5, 3))
+    a[1, :, 2] = a[1, :, 0]
+    b = randn(rng, (4, 5))
+    stacked = jax.vmap(jaxlsq.factorize)(a)  # rcond stacked per problem
+    want = jaxlsq.lstsq(a, b[..., None])
+    np.testing.assert_array_equal(stacked.rank, want.rank)
+    assert_close(stacked.solve(b[..., None]), want.x, 1e-12)
+    batched = jaxlsq.factorize(a)  # one factorization of the batch, mapped over
+    assert_close(jax.vmap(lambda f, b: f.solve(b))(batched, b), want.x[..., 0], 1e-12)
+    per_problem = jax.vmap(lambda a: jaxlsq.factorize(a, rcond=0.5))(a)
+    assert list(per_problem.rank) == list(jaxlsq.lstsq(a, b[..., None], rcond=0.5).rank)

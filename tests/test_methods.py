@@ -118,3 +118,28 @@ def test_errors():
         jaxlsq.lstsq(a, b, method="lu")
     with pytest.raises(ValueError, match="method='qr' has no ridge term"):
         jaxlsq.lstsq(a, b, method="qr", l2_regularizer=0.1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_dimensions_broadcast(method):
+    rng = np.random.default_rng(6)
+    a, b = randn(rng, (6, 3)), randn(rng, (4, 6, 2))
+    assert_close(jaxlsq.lstsq(a, b, method=method).x, jaxlsq.lstsq(a, b).x, 1e-10)
+    a_wide = randn(rng, (2, 1, 3, 6))
+    assert_close(
+        jaxlsq.lstsq(a_wide, b[:, :3], method=method).x, jaxlsq.lstsq(a_wide, b[:, :3]).x, 1e-10
+    )
+    if method == "cholesky":
+        lam = jnp.array([0.1, 1.0])
+        got = jax.jit(lambda lam: jaxlsq.lstsq(a, b[0, :, 0], l2_regularizer=lam, method=method))
+        assert_close(got(lam).x, jaxlsq.lstsq(a, b[0, :, 0], l2_regularizer=lam).x, 1e-10)
+
+
+def test_qr_flags_columns_that_a_zero_weight_makes_dependent():
+    """4 x 4 with one zero weight has rank 3: R's last diagonal entry is rounding, which can
+    exceed eps max(M, N); every answer must be NaN, never a finite one."""
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        a, b = rng.standard_normal((4, 4)), rng.standard_normal(4)
+        out = jaxlsq.lstsq(a, b, weights=np.array([0.0, 1.0, 1.0, 1.0]), method="qr")
+        assert np.all(np.isnan(out.x)), seed

@@ -232,3 +232,10 @@ def test_check_grads_with_lam():
     check_grads(
         jax.jit(f), (a, b, 0.3), order=2, modes=("fwd", "rev"), eps=1e-5, atol=1e-6, rtol=1e-6
     )
+
+
+def test_invalid_lam_under_jit_gives_nan_gradients():
+    a, b = np.eye(3), np.ones(3)
+    for lam in [jnp.nan, -1.0]:
+        grad = jax.jit(jax.grad(lambda lam: jaxlsq.lstsq(a, b, l2_regularizer=lam).x.sum()))(lam)
+        assert np.isnan(grad)

@@ -180,3 +180,23 @@ def test_second_order():
     assert_close(got_a, jax.hessian(lambda a: ref(w, a))(a), 1e-9)
     through_w = jax.hessian(ours, argnums=0)(w, a)
     assert np.all(np.isnan(through_w))
+
+
+def test_empty_a_weights_the_residuals_and_flags_invalid_options():
+    a0, b = jnp.zeros((3, 0)), jnp.array([1.0, 2.0, 3.0])
+    w = jnp.array([0.0, 1.0, 2.0])
+    assert_close(jaxlsq.lstsq(a0, b, weights=w).residuals, np.array([22.0]), 1e-15)
+    grad = jax.grad(lambda w: jaxlsq.lstsq(a0, b, weights=w).residuals.sum())(w)
+    assert_close(grad, np.array([1.0, 4.0, 9.0]), 1e-15)
+    bad_w = jax.jit(lambda w: jaxlsq.lstsq(a0, b, weights=w))(jnp.array([jnp.nan, 1.0, 2.0]))
+    assert np.isnan(bad_w.residuals[0])
+    bad_lam = jax.jit(lambda lam: jaxlsq.lstsq(a0, b, l2_regularizer=lam))(-1.0)
+    assert np.isnan(bad_lam.residuals[0])
+
+
+def test_invalid_weights_under_jit_give_nan_gradients():
+    a, b = np.eye(3), np.ones(3)
+    grad = jax.jit(jax.grad(lambda w: jaxlsq.lstsq(a, b, weights=w).x.sum()))(
+        jnp.array([1.0, jnp.nan, 1.0])
+    )
+    assert np.all(np.isnan(grad))

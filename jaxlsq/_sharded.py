@@ -1,0 +1,182 @@
+r"""Least squares for one tall problem whose rows are spread over a device mesh (TSQR).
+
+Each device factors its row block, A_i = Q_i R_i, and forms Q_i^H b_i; the small factors are
+gathered (all_gather: P (N^2 + N K) numbers cross devices, never the rows), and every device
+solves the stacked problem [R_1; ...; R_P] x = [Q_1^H b_1; ...; Q_P^H b_P] with jaxlsq's own SVD
+solve (Demmel, Grigori, Hoemmen & Langou 2012). Since diag(Q_i) has orthonormal columns, the
+stacked matrix has A's singular values and the stacked problem A's minimum-norm solution. The
+residuals are the sum over devices of each block's own (psum).
+
+Derivatives. A custom JVP applies the constant-rank rule of _svd_solve to the row-sharded A
+through the pair (V, Z = V S^{-2}) of the stacked factor: every product that contracts rows,
+A^H y, is a local product followed by psum, and products A w stay local. First order, forward and
+reverse; the rule's own factors are not differentiated again (no second order).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
+
+from . import _validate
+from ._factor import adjoint, matmul
+from ._lstsq import LstsqResult
+from ._svd_solve import _kept_power, keep_mask
+
+# jax.shard_map in newer JAX, jax.experimental.shard_map before. The outputs are replicated by
+# construction (all_gather and psum), which the replication check cannot see through the
+# custom JVP, so it is turned off (its keyword changed name between versions).
+if hasattr(jax, "shard_map"):
+    _shard_map = partial(jax.shard_map, check_vma=False)
+else:  # pragma: no cover - depends on the JAX version
+    from jax.experimental.shard_map import shard_map as _experimental_shard_map
+
+    _shard_map = partial(_experimental_shard_map, check_rep=False)
+
+
+def _stacked_factor(a, b, axis):
+    """The gathered small problem: R stacked (P n, N), Q^H b stacked (P n, K), n = min(rows, N)."""
+    n = a.shape[-1]
+    # R of [A_i, b_i] holds R_i in its leading N x N block and Q_i^H b_i beside it: Q_i is
+    # never formed.
+    both = jnp.linalg.qr(jnp.concatenate([a, b], axis=-1), mode="r")
+    if both.shape[0] < n:  # fewer rows than columns on this device: pad with zero rows
+        both = jnp.pad(both, ((0, n - both.shape[0]), (0, 0)))
+    r, qhb = both[:n, :n], both[:n, n:]
+    stack = lambda x: lax.all_gather(x, axis).reshape(-1, x.shape[-1])  # noqa: E731
+    return stack(r), stack(qhb)
+
+
+def _solve_blocks(a, b, rcond, axis):
+    """x, singular values (replicated) of the row-sharded problem, from the stacked factors."""
+    r, qhb = _stacked_factor(a, b, axis)
+    u, s, vh = jnp.linalg.svd(r, full_matrices=False)
+    x = matmul(adjoint(vh), _kept_power(s, rcond, -1, b.dtype)[:, None] * matmul(adjoint(u), qhb))
+    return x, s, adjoint(vh)
+
+
+def _make_solve(axis):
+    @jax.custom_jvp
+    def solve(a, b, rcond):
+        return _solve_blocks(a, b, rcond, axis)[0]
+
+    @solve.defjvp
+    def _solve_jvp(primals, tangents):
+        a, b, rcond = primals
+        da, db, _ = tangents
+        x, s, v = _solve_blocks(a, b, rcond, axis)
+        keep = _kept_power(s, rcond, 0, a.dtype)
+        v, z = v * keep, v * _kept_power(s, rcond, -2, a.dtype)
+        rows_h = lambda y: lax.psum(matmul(adjoint(a), y), axis)  # noqa: E731  A^H y, summed
+        pinv = lambda y: matmul(v, matmul(adjoint(z), rows_h(y)))  # noqa: E731  A^+ y
+        pinv_h = lambda w: matmul(a, matmul(z, matmul(adjoint(v), w)))  # noqa: E731  A^+H w
+        r = b - matmul(a, x)
+        dah = lambda y: lax.psum(matmul(adjoint(da), y), axis)  # noqa: E731  dA^H y, summed
+        inner = db - matmul(da, x) + pinv_h(dah(r))
+        z_x = dah(pinv_h(x))
+        dx = pinv(inner) + z_x - matmul(v, matmul(adjoint(v), z_x))
+        return x, dx
+
+    return solve
+
+
+def sharded_lstsq(
+    a: ArrayLike, b: ArrayLike, *, mesh: Mesh, axis_name: str, rcond: ArrayLike | None = None
+) -> LstsqResult:
+    r"""The minimum-norm least-squares solution of a tall ``a @ x = b`` whose rows are sharded.
+
+    Same answer as :func:`jaxlsq.lstsq` (``x``, ``residuals``, ``rank``, ``singular_values``),
+    computed without gathering the rows: each device QR-factors its row block, only the small
+    ``N x N`` factors and ``N x K`` projections cross devices, and every device takes the SVD of
+    the stacked factors (TSQR). Differentiable (first order, forward and reverse) in ``a`` and
+    ``b`` by the same constant-rank rule, with the row sums done by ``psum``.
+
+    Args:
+      a: ``(M, N)``; its rows are split over ``mesh``'s ``axis_name`` (it is placed that way if
+        it is not already). ``M`` must be divisible by the number of devices on that axis.
+      b: ``(M,)`` or ``(M, K)``, split the same way.
+      mesh: a :class:`jax.sharding.Mesh`.
+      axis_name: the mesh axis the rows are split over.
+      rcond: as for :func:`jaxlsq.lstsq`.
+
+    Returns:
+      :class:`jaxlsq.LstsqResult`; ``x``, ``rank`` and ``singular_values`` replicated.
+
+    Raises:
+      ValueError: ``a`` not 2-D, ``M`` not divisible by the devices on ``axis_name``, an unknown
+        ``axis_name``, or the shape errors of :func:`jaxlsq.lstsq`.
+
+    Notes:
+      Communication: one ``all_gather`` of ``P (N^2 + N K)`` numbers for the solve, and
+      ``psum`` of ``N K``-sized blocks in the derivative. Second derivatives are not supported.
+      Batches are not taken here: shard a batch of problems with :func:`jaxlsq.lstsq` instead.
+
+    References:
+      J. Demmel, L. Grigori, M. Hoemmen and J. Langou, "Communication-optimal parallel and
+      sequential QR and LU factorizations", SIAM J. Sci. Comput. 34(1), 2012.
+    """
+    func = "jaxlsq.sharded_lstsq"
+    plan = _validate.plan_lstsq(a, b, func)
+    _validate.check_rcond(rcond, func)
+    if plan.a.ndim != 2:
+        raise ValueError(
+            f"{func}: a must be one matrix (M, N); got shape {plan.a.shape}. For a batch of "
+            "problems, shard the batch axis and call jaxlsq.lstsq."
+        )
+    if axis_name not in mesh.axis_names:
+        raise ValueError(
+            f"{func}: axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}."
+        )
+    m, n = plan.a.shape
+    devices = mesh.shape[axis_name]
+    if m % devices:
+        raise ValueError(
+            f"{func}: a has {m} rows, which do not split evenly over the {devices} devices of "
+            f"mesh axis {axis_name!r}; pad a and b with zero rows to a multiple of {devices} "
+            "(zero rows change neither x nor the residuals)."
+        )
+    rcond_eff = _validate.effective_rcond(rcond, plan.dtype, plan.compute_dtype, m, n)
+    rows = NamedSharding(mesh, P(axis_name))
+    a_s = jax.device_put(plan.a, rows)
+    b_s = jax.device_put(plan.b, rows)
+    x, residuals, rank, s = _sharded_core(a_s, b_s, rcond_eff, mesh, axis_name)
+    x = x.astype(plan.dtype)
+    if plan.b_is_vector:
+        x = x[..., 0]
+    real = jnp.finfo(plan.dtype).dtype
+    return LstsqResult(x, residuals.astype(real), rank, s.astype(real))
+
+
+@partial(jax.jit, static_argnames=("mesh", "axis_name"))
+def _sharded_core(a, b, rcond, mesh, axis_name):
+    solve = _make_solve(axis_name)
+
+    def per_device(a, b, rcond):
+        finite = jnp.all(lax.psum(jnp.sum(~jnp.isfinite(a)), axis_name) == 0)
+        finite_b = lax.psum(jnp.sum(~jnp.isfinite(b), axis=0), axis_name) == 0  # (K,)
+        a = jnp.where(jnp.isfinite(a), a, 0)
+        b = jnp.where(jnp.isfinite(b), b, 0)
+        x = solve(a, b, rcond)
+        r = b - matmul(a, x)
+        residuals = lax.psum(jnp.sum(jnp.real(r * jnp.conj(r)), axis=0), axis_name)
+        s = _solve_blocks(lax.stop_gradient(a), lax.stop_gradient(b), rcond, axis_name)[1]
+        rank = jnp.sum(keep_mask(s, rcond), dtype=jnp.int32)
+        ok = finite & finite_b
+        x = jnp.where(ok[None, :], x, jnp.nan)
+        residuals = jnp.where(ok, residuals, jnp.nan)
+        s = jnp.where(finite, s, jnp.nan)
+        return x, residuals, jnp.where(finite, rank, 0), s
+
+    mapped = _shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(axis_name), P(axis_name), P()),
+        out_specs=(P(), P(), P(), P()),
+    )
+    return mapped(a, b, rcond)

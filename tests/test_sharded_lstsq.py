@@ -1,0 +1,132 @@
+"""jaxlsq.sharded_lstsq: one tall problem with its rows over a mesh (TSQR), against lstsq.
+
+conftest.py gives 8 simulated CPU devices; meshes of 1, 2 and 8 of them.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, compiled, low_rank, randn
+from jax.sharding import Mesh
+
+import jaxlsq
+
+COLLECTIVE = re.compile(
+    r"= (\w+)\[([\d,]*)\][^=]*? (all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)\("
+)
+
+
+def mesh_of(devices: int) -> Mesh:
+    if len(jax.devices()) < devices:
+        pytest.skip(f"needs {devices} devices")
+    return Mesh(np.array(jax.devices()[:devices]), ("rows",))
+
+
+def collective_sizes(f, *args) -> list[tuple[str, int]]:
+    """(kind, number of elements of its result) for every collective in the compiled program."""
+    text = compiled(f, *args).as_text()
+    return [
+        (kind, int(np.prod([int(d) for d in dims.split(",") if d] or [1])))
+        for _, dims, kind in COLLECTIVE.findall(text)
+    ]
+
+
+CASES = {
+    "full": lambda rng, m, n, c: randn(rng, (m, n), c),
+    "rank_deficient": lambda rng, m, n, c: low_rank(rng, m, n, 3, c),
+}
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("devices", [1, 2, 8])
+def test_matches_the_single_device_solve(devices, case, complex_):
+    mesh = mesh_of(devices)
+    rng = np.random.default_rng(devices)
+    for m, n in [(96, 6), (16, 6)]:  # 16 rows over 8 devices: fewer rows per device than columns
+        a = CASES[case](rng, m, n, complex_)
+        b = randn(rng, (m, 2), complex_)
+        got = jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
+        want = jaxlsq.lstsq(a, b)
+        assert_close(got.x, np.linalg.lstsq(a, b, rcond=None)[0], 1e-12)
+        assert_close(got.x, want.x, 1e-12)
+        assert_close(got.residuals, want.residuals, 1e-12)
+        assert_close(got.singular_values, want.singular_values, 1e-12)
+        assert int(got.rank) == int(want.rank) == (3 if case == "rank_deficient" else n)
+        vector = jaxlsq.sharded_lstsq(a, b[:, 0], mesh=mesh, axis_name="rows", rcond=1e-8)
+        assert_close(vector.x, jaxlsq.lstsq(a, b[:, 0], rcond=1e-8).x, 1e-12)
+
+
+@pytest.mark.parametrize("devices", [2, 8])
+def test_only_the_small_factors_cross_devices(devices):
+    mesh = mesh_of(devices)
+    rng = np.random.default_rng(0)
+    m, n, k = 4096, 8, 3
+    a, b = randn(rng, (m, n)), randn(rng, (m, k))
+
+    def solve(a, b):
+        return jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
+
+    def grads(a, b):
+        loss = lambda a, b: jnp.sum(solve(a, b).x ** 2) + jnp.sum(solve(a, b).residuals)  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1))(a, b)
+
+    bound = devices * (n * n + n * k)  # O(P N^2 + P N K) numbers
+    for f in (solve, grads):
+        sizes = collective_sizes(f, a, b)
+        assert any(kind == "all-gather" for kind, _ in sizes), sizes  # the detector sees them
+        assert all(size <= bound for _, size in sizes), (sizes, bound)
+        assert sum(size for _, size in sizes) < m  # never the rows
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("case", CASES)
+def test_derivatives_match_the_single_device_rule(case, complex_):
+    mesh = mesh_of(8)
+    rng = np.random.default_rng(1)
+    m, n = 64, 5
+    left, right = randn(rng, (m, 3), complex_), randn(rng, (3, n), complex_)
+    if case == "rank_deficient":  # a and a rank-preserving direction
+        a = left @ right
+        da = randn(rng, (m, 3), complex_) @ right + left @ randn(rng, (3, n), complex_)
+    else:
+        a, da = randn(rng, (m, n), complex_), randn(rng, (m, n), complex_)
+    b, db = randn(rng, (m, 2), complex_), randn(rng, (m, 2), complex_)
+
+    def sharded(a, b):
+        out = jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
+        return out.x, out.residuals
+
+    def single(a, b):
+        out = jaxlsq.lstsq(a, b)
+        return out.x, out.residuals
+
+    for got, want in zip(jax.jvp(sharded, (a, b), (da, db)), jax.jvp(single, (a, b), (da, db))):
+        for g, w in zip(got, want):
+            assert_close(g, w, 1e-11)
+    weights = randn(rng, (n, 2), complex_)
+
+    def loss(solve):
+        return lambda a, b: jnp.sum(jnp.real(weights * solve(a, b)[0])) + jnp.sum(solve(a, b)[1])
+
+    got = jax.jit(jax.grad(loss(sharded), argnums=(0, 1)))(a, b)
+    want = jax.grad(loss(single), argnums=(0, 1))(a, b)
+    for g, w in zip(got, want):
+        assert_close(g, w, 1e-11)
+
+
+def test_errors_and_non_finite():
+    mesh = mesh_of(8)
+    with pytest.raises(ValueError, match="jaxlsq.sharded_lstsq: a has 12 rows, which do not split"):
+        jaxlsq.sharded_lstsq(np.ones((12, 2)), np.ones(12), mesh=mesh, axis_name="rows")
+    with pytest.raises(ValueError, match="axis_name 'cols' is not an axis of the mesh"):
+        jaxlsq.sharded_lstsq(np.ones((16, 2)), np.ones(16), mesh=mesh, axis_name="cols")
+    with pytest.raises(ValueError, match=r"a must be one matrix \(M, N\); got shape \(2, 16, 2\)"):
+        jaxlsq.sharded_lstsq(np.ones((2, 16, 2)), np.ones((2, 16, 1)), mesh=mesh, axis_name="rows")
+    a = np.random.default_rng(2).standard_normal((16, 3))
+    a[5, 1] = np.nan
+    out = jaxlsq.sharded_lstsq(a, np.ones(16), mesh=mesh, axis_name="rows")
+    assert np.all(np.isnan(out.x)) and np.isnan(out.residuals[0]) and int(out.rank) == 0

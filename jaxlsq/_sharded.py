@@ -10,7 +10,8 @@ residuals are the sum over devices of each block's own (psum).
 Derivatives. A custom JVP applies the constant-rank rule of _svd_solve to the row-sharded A
 through the pair (V, Z = V S^{-2}) of the stacked factor: every product that contracts rows,
 A^H y, is a local product followed by psum, and products A w stay local. First order, forward and
-reverse; the rule's own factors are not differentiated again (no second order).
+reverse. Outer derivatives of the rule go through JAX's own QR and SVD rules, so second order is
+correct only where those are (full-rank blocks, distinct singular values) and is not tested.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def sharded_lstsq(
 
     Notes:
       Communication: one ``all_gather`` of ``P (N^2 + N K)`` numbers for the solve, and
-      ``psum`` of ``N K``-sized blocks in the derivative. Second derivatives are not supported.
+      ``psum`` of ``N K``-sized blocks in the derivative. Second derivatives go through JAX's
+      QR and SVD rules inside the first-order rule: right only where those are (full-rank
+      blocks, distinct singular values), NaN or wrong elsewhere, and not tested.
       Batches are not taken here: shard a batch of problems with :func:`jaxlsq.lstsq` instead.
 
     References:
@@ -150,6 +153,7 @@ def sharded_lstsq(
     if plan.b_is_vector:
         x = x[..., 0]
     real = jnp.finfo(plan.dtype).dtype
+    s = s[: min(m, n)]  # M < N: the stacked factor's extra values are the padding's zeros
     return LstsqResult(x, residuals.astype(real), rank, s.astype(real))
 
 

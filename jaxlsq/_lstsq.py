@@ -229,10 +229,8 @@ def _empty(
     a, b = plan.a, plan.b
     n = a.shape[-1]
     x = jnp.zeros((n, b.shape[-1]), a.dtype)
-    if w is None:
-        residuals = _squared_norms(b)
-    else:
-        residuals = jnp.sum(w[..., None] * jnp.real(b * jnp.conj(b)), axis=-2)
+    residuals = _squared_norms(b, w)
+    if w is not None:
         valid = jnp.all(jnp.isfinite(w) & (w >= 0), axis=-1)
         residuals = residuals * jnp.where(valid, 1, jnp.nan)[..., None]
     if lam is not None:
@@ -242,9 +240,11 @@ def _empty(
     return x, residuals, rank, s
 
 
-def _squared_norms(r: jax.Array) -> jax.Array:
-    """Squared 2-norm of each column, smooth at zero (unlike norm(r) ** 2)."""
-    return jnp.sum(jnp.real(r * jnp.conj(r)), axis=-2)
+def _squared_norms(r: jax.Array, w: jax.Array | None = None) -> jax.Array:
+    """Squared 2-norm of each column, smooth at zero (unlike norm(r) ** 2); with row weights
+    w (..., M), sum_i w_i |r_i|^2 (rather than |sqrt(w) r|^2: smooth in w at w = 0)."""
+    squares = jnp.real(r * jnp.conj(r))
+    return jnp.sum(squares if w is None else w[..., None] * squares, axis=-2)
 
 
 @partial(jax.jit, inline=True, static_argnames="method")
@@ -286,13 +286,13 @@ def _lstsq_core(
         ok = ok & valid[..., None]
         options_ok = options_ok & valid
     root = None if w is None else jnp.sqrt(w)[..., None].astype(a.dtype)
-    if method == "svd" and w is not None:
-        x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
-        s = singular_values(root * a)
-    elif method == "svd":
-        x = solve(a, b, rcond) if lam is None else ridge_solve(a, b, rcond, lam)
-        s = singular_values(a)
     if method == "svd":
+        if w is not None:
+            x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
+            s = singular_values(root * a)
+        else:
+            x = solve(a, b, rcond) if lam is None else ridge_solve(a, b, rcond, lam)
+            s = singular_values(a)
         rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
     else:  # no SVD: singular values are not computed (NaN), rank is the method's estimate
         a_m, b_m = (a, b) if root is None else (root * a, root * b)
@@ -307,11 +307,7 @@ def _lstsq_core(
         else:
             x, rank = cholesky_solve(a_m, b_m, jnp.zeros((), rcond.dtype) if lam is None else lam)
         s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
-    r = b - matmul(a, x)
-    if w is None:
-        residuals = _squared_norms(r)
-    else:  # w |r|^2 rather than |sqrt(w) r|^2: smooth in w at w = 0
-        residuals = jnp.sum(w[..., None] * jnp.real(r * jnp.conj(r)), axis=-2)
+    residuals = _squared_norms(b - matmul(a, x), w)
     poison = jnp.where(options_ok, 1, jnp.nan) + tie
     x = jnp.where(ok[..., None, :], x, jnp.nan) * poison[..., None, None].astype(x.dtype)
     residuals = jnp.where(ok, residuals, jnp.nan) * poison[..., None]

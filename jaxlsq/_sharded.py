@@ -26,9 +26,9 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from . import _validate
-from ._factor import adjoint, matmul
-from ._lstsq import LstsqResult
-from ._svd_solve import _kept_power, keep_mask
+from ._factor import Basis, Factor, adjoint, matmul
+from ._lstsq import LstsqResult, _squared_norms
+from ._svd_solve import _apply_pinv, _kept_power, keep_mask
 
 # jax.shard_map in newer JAX, jax.experimental.shard_map before. The outputs are replicated by
 # construction (all_gather and psum), which the replication check cannot see through the
@@ -58,8 +58,8 @@ def _solve_blocks(a, b, rcond, axis):
     """x, singular values (replicated) of the row-sharded problem, from the stacked factors."""
     r, qhb = _stacked_factor(a, b, axis)
     u, s, vh = jnp.linalg.svd(r, full_matrices=False)
-    x = matmul(adjoint(vh), _kept_power(s, rcond, -1, b.dtype)[:, None] * matmul(adjoint(u), qhb))
-    return x, s, adjoint(vh)
+    f = Factor(Basis(u), s, Basis(adjoint(vh)))
+    return _apply_pinv(f, rcond, qhb), s, f.right.u
 
 
 def _make_solve(axis):
@@ -168,7 +168,7 @@ def _sharded_core(a, b, rcond, mesh, axis_name):
         b = jnp.where(jnp.isfinite(b), b, 0)
         x = solve(a, b, rcond)
         r = b - matmul(a, x)
-        residuals = lax.psum(jnp.sum(jnp.real(r * jnp.conj(r)), axis=0), axis_name)
+        residuals = lax.psum(_squared_norms(r), axis_name)
         s = _solve_blocks(lax.stop_gradient(a), lax.stop_gradient(b), rcond, axis_name)[1]
         rank = jnp.sum(keep_mask(s, rcond), dtype=jnp.int32)
         ok = finite & finite_b

@@ -113,3 +113,22 @@ def count_svds(f, *args) -> int:
 def count_qrs(f, *args) -> int:
     """Householder QR (geqrf) calls in the compiled program of f(*args)."""
     return len(QR_CALL.findall(compiled(f, *args).as_text()))
+
+
+KINDS = "all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter"
+COLLECTIVE = re.compile(rf"\b({KINDS})")  # any mention: the strict test for their absence
+SIZED_COLLECTIVE = re.compile(rf"= (\w+)\[([\d,]*)\][^=]*? ({KINDS})\(")
+
+
+def collectives(f, *args) -> list[str]:
+    """The kinds of collective in the compiled program of f."""
+    return sorted(set(COLLECTIVE.findall(compiled(f, *args).as_text())))
+
+
+def collective_sizes(f, *args) -> list[tuple[str, int]]:
+    """(kind, number of elements of its result) for every collective in the compiled program."""
+    found = SIZED_COLLECTIVE.findall(compiled(f, *args).as_text())
+    return [
+        (kind, int(np.prod([int(d) for d in dims.split(",") if d] or [1])))
+        for _, dims, kind in found
+    ]

@@ -3,35 +3,20 @@
 conftest.py gives 8 simulated CPU devices; meshes of 1, 2 and 8 of them.
 """
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, compiled, low_rank, randn
+from helpers import assert_close, collective_sizes, low_rank, randn
 from jax.sharding import Mesh
 
 import jaxlsq
-
-COLLECTIVE = re.compile(
-    r"= (\w+)\[([\d,]*)\][^=]*? (all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)\("
-)
 
 
 def mesh_of(devices: int) -> Mesh:
     if len(jax.devices()) < devices:
         pytest.skip(f"needs {devices} devices")
     return Mesh(np.array(jax.devices()[:devices]), ("rows",))
-
-
-def collective_sizes(f, *args) -> list[tuple[str, int]]:
-    """(kind, number of elements of its result) for every collective in the compiled program."""
-    text = compiled(f, *args).as_text()
-    return [
-        (kind, int(np.prod([int(d) for d in dims.split(",") if d] or [1])))
-        for _, dims, kind in COLLECTIVE.findall(text)
-    ]
 
 
 CASES = {

@@ -3,28 +3,21 @@
 conftest.py gives 8 simulated CPU devices. The compiled programs are read for collectives.
 """
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, compiled, randn
+from helpers import assert_close, collectives, randn
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxlsq
 
-COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)")
 SHAPES = {"tall_qr": (40, 6), "wide_qr": (6, 40), "near_square": (7, 6)}
 
 
 def mesh_of(devices: int) -> Mesh:
     return Mesh(np.array(jax.devices()[:devices]), ("batch",))
-
-
-def collectives(f, *args) -> list[str]:
-    return sorted(set(COLLECTIVE.findall(compiled(f, *args).as_text())))
 
 
 @pytest.mark.parametrize("devices", [1, 2, 8])

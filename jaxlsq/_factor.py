@@ -92,6 +92,23 @@ _q_times = _reflector_product(transpose=False)
 _qh_times = _reflector_product(transpose=True)
 
 
+def reflect_h(h: jax.Array, taus: jax.Array | None, y: jax.Array) -> jax.Array:
+    """Q^H y (..., n, K) for y (..., D, K) and the thin Q (D x n) of a QR: reflectors h with their
+    taus, or the explicit Q with taus None (see _householder_qr)."""
+    if taus is None:
+        return matmul(adjoint(h), y)
+    return _qh_times(h, taus, y)[..., : h.shape[-1], :]
+
+
+def reflect(h: jax.Array, taus: jax.Array | None, t: jax.Array) -> jax.Array:
+    """Q t (..., D, K) for t (..., n, K); Q as in reflect_h."""
+    if taus is None:
+        return matmul(h, t)
+    d, n = h.shape[-2:]
+    padding = [(0, 0)] * (t.ndim - 2) + [(0, d - n), (0, 0)]
+    return _q_times(h, taus, jnp.pad(t, padding))
+
+
 class Basis(NamedTuple):
     """Orthonormal columns B = Q u: u (..., n, k) explicit, Q (D x n) a thin orthogonal factor.
 
@@ -105,12 +122,7 @@ class Basis(NamedTuple):
 
     def apply_h(self, y: jax.Array) -> jax.Array:
         """B^H y for y (..., D, K)."""
-        if self.h is None:
-            qh_y = y
-        elif self.taus is None:
-            qh_y = matmul(adjoint(self.h), y)
-        else:
-            qh_y = _qh_times(self.h, self.taus, y)[..., : self.h.shape[-1], :]
+        qh_y = y if self.h is None else reflect_h(self.h, self.taus, y)
         return matmul(adjoint(self.u), qh_y)
 
     def dense(self) -> jax.Array:
@@ -120,13 +132,7 @@ class Basis(NamedTuple):
     def apply(self, t: jax.Array) -> jax.Array:
         """B t for t (..., k, K)."""
         ut = matmul(self.u, t)
-        if self.h is None:
-            return ut
-        if self.taus is None:
-            return matmul(self.h, ut)
-        d, n = self.h.shape[-2:]
-        padding = [(0, 0)] * (ut.ndim - 2) + [(0, d - n), (0, 0)]
-        return _q_times(self.h, self.taus, jnp.pad(ut, padding))
+        return ut if self.h is None else reflect(self.h, self.taus, ut)
 
 
 class Factor(NamedTuple):
@@ -151,21 +157,37 @@ def _householder_qr(a: jax.Array, explicit: bool) -> tuple[jax.Array, jax.Array 
     return h, taus, jnp.triu(h[..., : a.shape[-1], :])
 
 
+def triangular_factor(
+    a: jax.Array, explicit: bool = False
+) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """The QR of a tall a, or of a^H for a wide one: (h, taus, R) as _householder_qr gives them."""
+    return _householder_qr(a if reduction(a) == "tall" else adjoint(a), explicit)
+
+
+def factor_of_triangular(kind: str, h: jax.Array, taus: jax.Array | None, r: jax.Array) -> Factor:
+    """The factorization of a tall (kind "tall") or wide ("wide") a from triangular_factor's QR."""
+    u, s, vh = svd(r)
+    if kind == "tall":  # a = Q R, R = U S V^H: left = Q U, right = V
+        return Factor(Basis(u, h, taus), s, Basis(adjoint(vh)))
+    # a^H = Q R, R = U S V^H, so a = V S (Q U)^H: left = V, right = Q U
+    return Factor(Basis(adjoint(vh)), s, Basis(u, h, taus))
+
+
+def transposed(f: Factor) -> Factor:
+    """The factorization of a^H from a's."""
+    return Factor(f.right, f.s, f.left)
+
+
 def factorize(a: jax.Array, explicit: bool = False) -> Factor:
     """The SVD of a (..., M, N) in factored form; tall and wide ones through a triangular factor.
 
-    Every caller asks for exactly this computation, so that under jit XLA merges the calls into
-    one factorization (common-subexpression elimination). explicit=True keeps Q as a matrix, so
-    that Basis.dense works and JAX can differentiate the result (its QR and SVD rules).
+    Callers that need it in several places either pass the result on or ask for exactly this
+    computation, so that under jit XLA merges the calls into one factorization (common-subexpression
+    elimination). explicit=True keeps Q as a matrix, so that Basis.dense works and JAX can
+    differentiate the result (its QR and SVD rules).
     """
     kind = reduction(a)
-    if kind == "tall":  # a = Q R, R = U S V^H: left = Q U, right = V
-        h, taus, r = _householder_qr(a, explicit)
-        u, s, vh = svd(r)
-        return Factor(Basis(u, h, taus), s, Basis(adjoint(vh)))
-    if kind == "wide":  # a^H = Q R, R = U S V^H, so a = V S (Q U)^H: left = V, right = Q U
-        h, taus, r = _householder_qr(adjoint(a), explicit)
-        u, s, vh = svd(r)
-        return Factor(Basis(adjoint(vh)), s, Basis(u, h, taus))
-    u, s, vh = svd(a)
-    return Factor(Basis(u), s, Basis(adjoint(vh)))
+    if kind is None:  # near-square: the SVD directly
+        u, s, vh = svd(a)
+        return Factor(Basis(u), s, Basis(adjoint(vh)))
+    return factor_of_triangular(kind, *triangular_factor(a, explicit))

@@ -105,8 +105,8 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
     Notes:
       Derivatives with respect to ``a`` follow the same constant-rank rules as
       :func:`jaxlsq.lstsq` (first and higher order). The rules build their factor pairs from
-      ``a``; inside one ``jit`` XLA merges that work with the factorization, but a
-      differentiated solve in a later ``jit`` than ``factorize`` factors ``a`` again. Float16 and
+      the stored factors, so a differentiated solve, also in a later ``jit`` than
+      ``factorize``, factors ``a`` no second time. Float16 and
       bfloat16 are solved in float32. Non-finite entries in ``a`` make every output NaN (rank 0).
 
     Example:

@@ -11,8 +11,9 @@ from jax.typing import ArrayLike
 
 from . import _validate
 from ._factor import matmul
+from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, qr_solve
-from ._svd_solve import keep_mask, ridge_solve, singular_values, solve, weighted_solve
+from ._svd_solve import keep_mask, ridge_solve, singular_values, singular_values_of, weighted_solve
 
 
 class LstsqResult(NamedTuple):
@@ -104,7 +105,12 @@ def lstsq(
       :math:`A = U \Sigma V^H`, with :math:`\Sigma^+` inverting the kept singular values. As in
       LAPACK's ``gelsd``, a tall ``a`` (``M >= 2N``) is first reduced by Householder QR,
       :math:`A = QR`, and only the ``N x N`` factor ``R`` goes through the SVD (a wide one through
-      :math:`A^H`); ``Q`` is applied through its reflectors, never formed.
+      :math:`A^H`); ``Q`` is applied through its reflectors, never formed. For a single tall or
+      wide ``a`` (no batch dimensions, not under ``vmap``) the singular values of ``R`` are
+      computed first, without vectors; where the cutoff keeps all of them, ``x`` comes from ``R``
+      by a triangular solve (:math:`x = R^{-1} Q^H b`, or :math:`x = Q R^{-H} b` when wide), and
+      the SVD vectors are computed only where the rank is lower. Both branches give NumPy's
+      rank, singular values and ``x`` (to rounding) and the same derivatives.
 
       Derivatives (forward, reverse and higher order) come from custom JVP rules, not from
       differentiating the SVD. For ``x`` they implement the constant-rank derivative of the
@@ -290,8 +296,11 @@ def _lstsq_core(
         if w is not None:
             x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
             s = singular_values(root * a)
+        elif lam is None:
+            x, s = pinv_solve(a, b, rcond)
+            s = singular_values_of(a, s)
         else:
-            x = solve(a, b, rcond) if lam is None else ridge_solve(a, b, rcond, lam)
+            x = ridge_solve(a, b, rcond, lam)
             s = singular_values(a)
         rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
     else:  # no SVD: singular values are not computed (NaN), rank is the method's estimate

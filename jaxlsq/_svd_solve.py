@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._factor import Factor, adjoint, factorize, matmul, reduction
+from ._factor import Factor, adjoint, factorize, matmul, reduction, transposed
 
 
 def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
@@ -78,13 +78,16 @@ def _apply_pinv(f: Factor, rcond: jax.Array, y: jax.Array) -> jax.Array:
 # --- robust factors for the tangents --------------------------------------------------------
 
 
+# Each pair function takes a's factorization f, computed once by the caller (it carries no
+# derivative: the rules differentiate through a), so that the solve and its tangent share it.
+
+
 @jax.custom_jvp
-def pinv_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
+def pinv_factors(a: jax.Array, rcond: jax.Array, f: Factor) -> tuple[jax.Array, jax.Array]:
     """The factor pair (P, V) of A^+ = V P^H (see the module docstring); near-square A only.
 
     rcond is the effective cutoff ratio (already resolved from None or out-of-range values).
     """
-    f = factorize(a)
     s_inv = _kept_power(f.s, rcond, -1, a.dtype)[..., None, :]
     keep = _kept_power(f.s, rcond, 0, a.dtype)[..., None, :]
     return f.left.u * s_inv, f.right.u * keep
@@ -92,9 +95,9 @@ def pinv_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @pinv_factors.defjvp
 def _pinv_factors_jvp(primals, tangents):
-    a, rcond = primals
-    da, _ = tangents  # the cutoff ratio carries no derivative: the rank is held fixed
-    p, v = pinv_factors(a, rcond)  # recursive: outer transformations see this rule again
+    a, rcond, f = primals
+    da = tangents[0]  # the cutoff ratio carries no derivative: the rank is held fixed
+    p, v = pinv_factors(a, rcond, f)  # recursive: outer transformations see this rule again
     da_v = matmul(da, v)
     dah_p = matmul(adjoint(da), p)
     dv = dah_p - matmul(v, matmul(adjoint(v), dah_p))
@@ -104,13 +107,12 @@ def _pinv_factors_jvp(primals, tangents):
 
 
 @jax.custom_jvp
-def gram_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
+def gram_factors(a: jax.Array, rcond: jax.Array, f: Factor) -> tuple[jax.Array, jax.Array]:
     """The pair (V, Z) of a tall A, with Z = V S^{-2} (kept columns; dropped ones zeroed).
 
     They give (A^H A)^+ = V Z^H, A^+ = V Z^H A^H and A^+ A = V V^H: the pair (P, V) of the
     module docstring with P = A Z left unformed. Gauge and tangent are the pair's.
     """
-    f = factorize(a)
     v = f.right.u  # explicit: the right factor of a tall matrix is R's V
     keep = _kept_power(f.s, rcond, 0, a.dtype)[..., None, :]
     return v * keep, v * _kept_power(f.s, rcond, -2, a.dtype)[..., None, :]
@@ -118,9 +120,9 @@ def gram_factors(a: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @gram_factors.defjvp
 def _gram_factors_jvp(primals, tangents):
-    a, rcond = primals
-    da, _ = tangents
-    v, z = gram_factors(a, rcond)
+    a, rcond, f = primals
+    da = tangents[0]
+    v, z = gram_factors(a, rcond, f)
     p = matmul(a, z)  # the pair's P = U S^{-1}
     dah_p = matmul(adjoint(da), p)
     dv = dah_p - matmul(v, matmul(adjoint(v), dah_p))
@@ -138,12 +140,12 @@ class _Ops(NamedTuple):
     pinv_h_x: jax.Array
 
 
-def _tangent_ops(a: jax.Array, rcond: jax.Array, y: jax.Array, x: jax.Array) -> _Ops:
+def _tangent_ops(a: jax.Array, rcond: jax.Array, f: Factor, y: jax.Array, x: jax.Array) -> _Ops:
     """The maps through differentiable factors (pair or Gram), so that outer derivatives work."""
     kind = reduction(a)
     ah = adjoint(a)
     if kind == "tall":
-        v, z = gram_factors(a, rcond)  # A^+ = V Z^H A^H
+        v, z = gram_factors(a, rcond, f)  # A^+ = V Z^H A^H
         return _Ops(
             lambda y: matmul(v, matmul(adjoint(z), matmul(ah, y))),
             lambda w: matmul(a, matmul(z, matmul(adjoint(v), w))),
@@ -151,14 +153,15 @@ def _tangent_ops(a: jax.Array, rcond: jax.Array, y: jax.Array, x: jax.Array) -> 
             matmul(a, matmul(z, matmul(adjoint(v), x))),
         )
     if kind == "wide":
-        v, z = gram_factors(ah, rcond)  # (A A^H)^+ = A^{+H} A^+ = V Z^H, A^+ = A^H V Z^H
+        # (A A^H)^+ = A^{+H} A^+ = V Z^H, A^+ = A^H V Z^H
+        v, z = gram_factors(ah, rcond, transposed(f))
         return _Ops(
             lambda y: matmul(ah, matmul(v, matmul(adjoint(z), y))),
             lambda w: matmul(v, matmul(adjoint(z), matmul(a, w))),
             lambda w: w - matmul(ah, matmul(v, matmul(adjoint(z), matmul(a, w)))),
             matmul(v, matmul(adjoint(z), y)),
         )
-    p, v = pinv_factors(a, rcond)  # A^+ = V P^H
+    p, v = pinv_factors(a, rcond, f)  # A^+ = V P^H
     return _Ops(
         lambda y: matmul(v, matmul(adjoint(p), y)),
         lambda z: matmul(p, matmul(adjoint(v), z)),
@@ -171,17 +174,18 @@ def _tangent_ops(a: jax.Array, rcond: jax.Array, y: jax.Array, x: jax.Array) -> 
 
 
 @jax.custom_jvp
-def solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> jax.Array:
-    """x = A^+ b for a (..., M, N) and b (..., M, K); batch dimensions broadcast."""
-    return _apply_pinv(factorize(a), rcond, b)
+def factored_solve(a: jax.Array, f: Factor, b: jax.Array, rcond: jax.Array) -> jax.Array:
+    """x = A^+ b for a (..., M, N) and b (..., M, K), batch dimensions broadcast, with a's
+    factorization f given; f carries no derivative (see pinv_factors)."""
+    return _apply_pinv(f, rcond, b)
 
 
-@solve.defjvp
-def _solve_jvp(primals, tangents):
-    a, b, rcond = primals
-    da, db, _ = tangents
-    x = solve(a, b, rcond)  # recursive: outer transformations see this rule again
-    ops = _tangent_ops(a, rcond, b, x)
+@factored_solve.defjvp
+def _factored_solve_jvp(primals, tangents):
+    a, f, b, rcond = primals
+    da, _, db, _ = tangents
+    x = factored_solve(a, f, b, rcond)  # recursive: outer transformations see this rule again
+    ops = _tangent_ops(a, rcond, f, b, x)
     r = b - matmul(a, x)
     dah = adjoint(da)
     inner = db - matmul(da, x) + ops.pinv_h(matmul(dah, r))
@@ -248,7 +252,9 @@ def _resolvent(c: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
     return both[..., :k], both[..., k:]
 
 
-def _ridge_ops(a: jax.Array, rcond: jax.Array, lam: jax.Array, b: jax.Array) -> _RidgeOps:
+def _ridge_ops(
+    a: jax.Array, rcond: jax.Array, f: Factor, lam: jax.Array, b: jax.Array
+) -> _RidgeOps:
     kind = reduction(a)
     ah = adjoint(a)
 
@@ -256,7 +262,7 @@ def _ridge_ops(a: jax.Array, rcond: jax.Array, lam: jax.Array, b: jax.Array) -> 
         return matmul(basis, matmul(middle, matmul(adjoint(basis), w)))
 
     if kind == "wide":  # the pair of A^H: V holds A's left singular vectors, C = V^H Z
-        u, z = gram_factors(ah, rcond)
+        u, z = gram_factors(ah, rcond, transposed(f))
         c = matmul(adjoint(u), z)
         _, d = _resolvent(c, lam)
         cd = matmul(c, d)  # S^{-2} D: A^H U (S^{-2} D) U^H A = V D V^H
@@ -266,12 +272,12 @@ def _ridge_ops(a: jax.Array, rcond: jax.Array, lam: jax.Array, b: jax.Array) -> 
             sandwich(u, d, b),
         )
     if kind == "tall":  # U = A V S^{-1}: U D U^H = A V (S^{-2} D) V^H A^H
-        v, z = gram_factors(a, rcond)
+        v, z = gram_factors(a, rcond, f)
         c = matmul(adjoint(v), z)
         _, d = _resolvent(c, lam)
         y = matmul(a, sandwich(v, matmul(c, d), matmul(ah, b)))
     else:  # U = P S: U D U^H = P (S D S) P^H = P E P^H
-        p, v = pinv_factors(a, rcond)
+        p, v = pinv_factors(a, rcond, f)
         e, d = _resolvent(matmul(adjoint(p), p), lam)
         y = sandwich(p, e, b)
     return _RidgeOps(
@@ -286,7 +292,7 @@ def _factored_ridge_solve_jvp(primals, tangents):
     a, f, b, rcond, lam = primals
     da, _, db, _, dlam = tangents
     x = factored_ridge_solve(a, f, b, rcond, lam)  # recursive, as for solve
-    ops = _ridge_ops(a, rcond, lam, b)
+    ops = _ridge_ops(a, rcond, f, lam, b)
     r = b - matmul(a, x)
     dah = adjoint(da)
     inner = matmul(dah, r) + matmul(adjoint(a), db - matmul(da, x))
@@ -331,7 +337,8 @@ def _weighted_solve_jvp(primals, tangents):
         (root * da, root * db, dlam),
     )
     r = b - matmul(a, x)
-    dx_w = _ridge_ops(a_w, rcond, lam, b_w).inverse(matmul(adjoint(a), dw[..., None] * r))
+    f_w = factorize(lax.stop_gradient(a_w))  # the one ridge_solve takes (merged under jit)
+    dx_w = _ridge_ops(a_w, rcond, f_w, lam, b_w).inverse(matmul(adjoint(a), dw[..., None] * r))
     return x, dx + dx_w
 
 

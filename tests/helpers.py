@@ -105,9 +105,14 @@ def compiled(f, *args):
     return jax.jit(f).lower(*args).compile()
 
 
-def count_svds(f, *args) -> int:
-    """SVD calls (LAPACK or cuSOLVER) in the compiled program of f(*args)."""
-    return len(SVD_CALL.findall(compiled(f, *args).as_text()))
+VALUES_ONLY = re.compile(r"mode = 78 ")  # LAPACK's jobz = 'N': singular values, no vectors
+
+
+def count_svds(f, *args, values_only: bool = False) -> int:
+    """SVD calls (LAPACK or cuSOLVER) with vectors in the compiled program of f(*args); with
+    values_only=True, the calls for singular values alone instead."""
+    lines = [line for line in compiled(f, *args).as_text().splitlines() if SVD_CALL.search(line)]
+    return sum(bool(VALUES_ONLY.search(line)) == values_only for line in lines)
 
 
 def count_qrs(f, *args) -> int:

@@ -1,5 +1,7 @@
 """jaxlsq.factorize: a factorization kept across calls, against lstsq and NumPy float64."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +61,15 @@ def test_a_loop_of_solves_factors_once(shape):
     later = lambda f, bs: jax.vmap(f.solve)(bs)  # noqa: E731
     assert count_svds(later, f, bs) == 0 and count_qrs(later, f, bs) == 0
     assert_close(jax.lax.scan(lambda c, b: (c, f.solve(b)), 0, bs)[1], later(f, bs), 1e-14)
+    # the derivative rules take their pairs from f's factors: a differentiated solve in a later
+    # program factors nothing either, also at second order
+    loss = lambda f, a: jnp.sum(f._replace(a=a).solve(bs[0]) ** 2)  # noqa: E731
+    grad_later = lambda f: jax.grad(partial(loss, f))(f.a)  # noqa: E731
+    hessian_later = lambda f: jax.hessian(partial(loss, f))(f.a)  # noqa: E731
+    for g in (grad_later, hessian_later):
+        assert count_svds(g, f) == 0 and count_qrs(g, f) == 0
+    want = jax.grad(lambda a: jnp.sum(jaxlsq.lstsq(a, bs[0]).x ** 2))(a)
+    assert_close(jax.jit(grad_later)(f), want, 1e-10)
 
 
 @pytest.mark.parametrize("case", CASES)

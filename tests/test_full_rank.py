@@ -1,0 +1,197 @@
+"""The full-rank shortcut of one tall or wide solve (jaxlsq/_full_rank.py).
+
+Where the cutoff keeps every singular value of the QR's triangular factor, x comes from a
+triangular solve instead of the SVD vectors; otherwise from the SVD. Checked here: the branch
+follows NumPy's cutoff inside one compiled program, vmap keeps to the SVD branch, and the
+shortcut's derivative rule (first and second order) against the SVD rule, finite differences and
+jnp.linalg.pinv, all in float64.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, compiled, count_svds, orthonormal, randn, with_singular_values
+from jax.test_util import check_grads
+
+import jaxlsq
+
+SHAPES = {"tall": (30, 6), "wide": (6, 30)}
+SPREAD = [1.0, 0.5, 1e-1, 1e-2, 1e-3, 1e-4]  # cut by rcond between two of them
+
+
+def numpy_answer(a, b, rcond):
+    x, _, rank, s = np.linalg.lstsq(a, b, rcond=rcond)
+    return x, rank, s
+
+
+def assert_like_numpy(result, a, b, rcond, tol=1e-10):
+    x, rank, s = numpy_answer(a, b, rcond)
+    assert int(result.rank) == rank
+    assert_close(result.singular_values, s, tol)
+    assert_close(result.x, x, tol)
+    residuals = np.sum(np.abs(b - a @ x) ** 2, axis=0)
+    assert_close(result.residuals, residuals, tol, atol_scale=np.sum(np.abs(b) ** 2))
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("kind", SHAPES)
+def test_the_cutoff_picks_the_branch_like_numpy(kind, complex_):
+    """One compiled program (rcond traced) gives NumPy's rank and x on both sides of the cutoff,
+    for a zero matrix, and through a zero column or row."""
+    rng = np.random.default_rng(0)
+    m, n = SHAPES[kind]
+    a = with_singular_values(rng, m, n, SPREAD, complex_)
+    b = randn(rng, (m, 2), complex_)
+    solve = jax.jit(jaxlsq.lstsq)
+    for rcond in (0.9e-4, 1.1e-4, 0.9e-3, 1.1e-3, 0.3, -1.0):  # -1: LAPACK's eps / 2
+        assert_like_numpy(solve(a, b, rcond), a, b, rcond)
+    zero_line = a.copy()
+    if kind == "tall":
+        zero_line[:, 2] = 0
+    else:
+        zero_line[2] = 0
+    for matrix in (zero_line, 0 * a):
+        assert_like_numpy(solve(matrix, b, 1e-12), matrix, b, 1e-12)
+    assert int(solve(a, b, 1e-12).rank) == 6 and int(solve(zero_line, b, 1e-12).rank) == 5
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_float32_keeps_numpy_semantics(kind):
+    rng = np.random.default_rng(1)
+    m, n = SHAPES[kind]
+    for s in ([1, 0.8, 0.5, 0.3, 0.2, 0.1], [1, 0.8, 0.5, 0.3, 0.2, 1e-9]):
+        a = with_singular_values(rng, m, n, s).astype(np.float32)
+        b = randn(rng, (m, 1)).astype(np.float32)
+        result = jax.jit(jaxlsq.lstsq)(a, b)
+        x, rank, sv = numpy_answer(a.astype(float), b.astype(float), 1.2e-7 * 30)
+        assert int(result.rank) == rank
+        assert_close(result.singular_values, sv, 1e-5)
+        assert_close(result.x, x, 1e-4)
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_vmap_takes_the_svd_branch_for_every_member(kind):
+    """Full-rank, rank-deficient and zero members in one vmap: NumPy's answer for each, and the
+    compiled program has no branch and one SVD (a per-member branch would compute both)."""
+    rng = np.random.default_rng(2)
+    m, n = SHAPES[kind]
+    a = np.stack(
+        [
+            randn(rng, (m, n)),
+            with_singular_values(rng, m, n, SPREAD[:5] + [0.0]),
+            np.zeros((m, n)),
+        ]
+    )
+    b = randn(rng, (3, m, 2))
+    batched = jax.vmap(jaxlsq.lstsq, in_axes=(0, 0, None))
+    result = jax.jit(batched)(a, b, 1e-8)
+    for i in range(3):
+        assert_like_numpy(jaxlsq.LstsqResult(*(out[i] for out in result)), a[i], b[i], 1e-8)
+    text = compiled(batched, a, b, 1e-8).as_text()
+    assert "conditional" not in text
+    assert count_svds(batched, a, b, 1e-8) == 1
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_vmap_over_right_hand_sides_keeps_the_shortcut(kind):
+    rng = np.random.default_rng(3)
+    m, n = SHAPES[kind]
+    a, b = randn(rng, (m, n)), randn(rng, (m, 4))
+
+    def by_column(a, b):
+        return jax.vmap(lambda bk: jaxlsq.lstsq(a, bk).x, in_axes=1, out_axes=1)(b)
+
+    assert "conditional" in compiled(by_column, a, b).as_text()
+    assert_close(jax.jit(by_column)(a, b), np.linalg.lstsq(a, b, rcond=None)[0], 1e-12)
+
+
+def full_rank_cases(rng, kind, complex_):
+    m, n = SHAPES[kind]
+    flip = (lambda x: x) if kind == "tall" else (lambda x: np.conj(x.T))
+    return {
+        "random": randn(rng, (m, n), complex_),
+        "orthonormal": flip(orthonormal(rng, max(m, n), min(m, n), complex_)),
+        "repeated_values": with_singular_values(rng, m, n, [3, 3, 3, 1, 1, 0.5], complex_),
+        "cond_1e3": with_singular_values(rng, m, n, [1, 0.3, 0.1, 0.03, 0.01, 1e-3], complex_),
+    }
+
+
+def x_and_residuals(a, b):
+    x, residuals = jaxlsq.lstsq(a, b)[:2]
+    return x, residuals
+
+
+def through_the_svd_rule(a, b):
+    """The same solve as a batch of one: no shortcut, the SVD rule of _svd_solve."""
+    x, residuals = jaxlsq.lstsq(a[None], b[None])[:2]
+    return x[0], residuals[0]
+
+
+def scalar(solve, weights):
+    def f(a, b):
+        x, residuals = solve(a, b)
+        return jnp.sum(jnp.abs(x) ** 2) + jnp.sum(jnp.real(weights * x)) + jnp.sum(residuals)
+
+    return f
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("kind", SHAPES)
+def test_first_order_matches_the_svd_rule_and_finite_differences(kind, complex_):
+    rng = np.random.default_rng(4)
+    for name, a in full_rank_cases(rng, kind, complex_).items():
+        m, n = a.shape
+        b, db = randn(rng, (m, 2), complex_), randn(rng, (m, 2), complex_)
+        # scaled by the smallest singular value, so that the difference steps below stay small
+        da = randn(rng, (m, n), complex_) * np.linalg.svd(a, compute_uv=False)[-1]
+        weights = randn(rng, (n, 2), complex_)
+        got = jax.jvp(x_and_residuals, (a, b), (da, db))
+        want = jax.jvp(through_the_svd_rule, (a, b), (da, db))
+        for g, w in zip(got, want):
+            assert_close(g[0], w[0], 1e-9, err_msg=name)
+            assert_close(g[1], w[1], 1e-9, err_msg=name)
+        h = 1e-6
+        plus = x_and_residuals(a + h * da, b + h * db)[0]
+        minus = x_and_residuals(a - h * da, b - h * db)[0]
+        assert_close(got[1][0], (plus - minus) / (2 * h), 1e-6, err_msg=name)
+        f = scalar(x_and_residuals, weights)
+        grads = jax.jit(jax.grad(f, argnums=(0, 1)))(a, b)
+        # JAX's gradient of a real f in complex z is df/dRe(z) - i df/dIm(z): df = Re(g dz)
+        reverse = sum(np.real(np.sum(g * d)) for g, d in zip(grads, (da, db)))
+        forward = jax.jvp(f, (a, b), (da, db))[1]
+        assert_close(reverse, forward, 1e-10, err_msg=name)
+        want_grads = jax.grad(scalar(through_the_svd_rule, weights), argnums=(0, 1))(a, b)
+        for g, w in zip(grads, want_grads):
+            assert_close(g, w, 1e-9, err_msg=name)
+
+
+def batch_of_one(a, b):
+    return jaxlsq.lstsq(a[None], b[None, :, None]).x[0, :, 0]
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_hessian_matches_pinv_and_the_svd_rule(kind):
+    rng = np.random.default_rng(5)
+    for name, a in full_rank_cases(rng, kind, False).items():
+        m, n = a.shape
+        b = randn(rng, (m,))
+
+        def loss(solve):
+            return lambda a: jnp.sum(solve(a, b) ** 2)
+
+        got = jax.jit(jax.hessian(loss(lambda a, b: jaxlsq.lstsq(a, b).x)))(a)
+        by_pinv = jax.hessian(loss(lambda a, b: jnp.linalg.pinv(a) @ b))(a)
+        by_svd_rule = jax.hessian(loss(batch_of_one))(a)
+        scale = np.abs(by_pinv).max()
+        assert_close(got, by_pinv, 1e-8, atol_scale=scale, err_msg=name)
+        assert_close(got, by_svd_rule, 1e-8, atol_scale=scale, err_msg=name)
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("kind", SHAPES)
+def test_check_grads_second_order(kind, complex_):
+    rng = np.random.default_rng(6)
+    m, n = (12, 3) if kind == "tall" else (3, 12)
+    a, b = randn(rng, (m, n), complex_), randn(rng, (m, 2), complex_)
+    check_grads(lambda a, b: jaxlsq.lstsq(a, b).x, (a, b), order=2, modes=("fwd", "rev"))

@@ -106,7 +106,6 @@ def _pinv_factors_jvp(primals, tangents):
     return (p, v), (dp, dv)
 
 
-@jax.custom_jvp
 def gram_factors(a: jax.Array, rcond: jax.Array, f: Factor) -> tuple[jax.Array, jax.Array]:
     """The pair (V, Z) of a tall A, with Z = V S^{-2} (kept columns; dropped ones zeroed).
 
@@ -115,14 +114,23 @@ def gram_factors(a: jax.Array, rcond: jax.Array, f: Factor) -> tuple[jax.Array, 
     """
     v = f.right.u  # explicit: the right factor of a tall matrix is R's V
     keep = _kept_power(f.s, rcond, 0, a.dtype)[..., None, :]
-    return v * keep, v * _kept_power(f.s, rcond, -2, a.dtype)[..., None, :]
+    return gram_pair(a, v * keep, v * _kept_power(f.s, rcond, -2, a.dtype)[..., None, :])
 
 
-@gram_factors.defjvp
-def _gram_factors_jvp(primals, tangents):
-    a, rcond, f = primals
+@jax.custom_jvp
+def gram_pair(a: jax.Array, v: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(v, z), a pair of the tall a in any gauge, carrying the pair's tangent (v and z carry none).
+
+    At full rank (I, (A^H A)^{-1}) is one: V = I and Z = V S^{-2} in the gauge R = V^H.
+    """
+    return v, z
+
+
+@gram_pair.defjvp
+def _gram_pair_jvp(primals, tangents):
+    a, v, z = primals
     da = tangents[0]
-    v, z = gram_factors(a, rcond, f)
+    v, z = gram_pair(a, v, z)  # recursive: outer transformations see this rule again
     p = matmul(a, z)  # the pair's P = U S^{-1}
     dah_p = matmul(adjoint(da), p)
     dv = dah_p - matmul(v, matmul(adjoint(v), dah_p))
@@ -132,41 +140,54 @@ def _gram_factors_jvp(primals, tangents):
 
 
 class _Ops(NamedTuple):
-    """Linear maps the tangents apply: A^+, A^{+H}, I - A^+ A; and A^{+H} x for x = A^+ y."""
+    """Linear maps the tangents apply: A^+, A^{+H}, A^+ A^{+H}, I - A^+ A; and A^{+H} x for
+    x = A^+ y."""
 
     pinv: Callable[[jax.Array], jax.Array]
     pinv_h: Callable[[jax.Array], jax.Array]
+    pinv_pinv_h: Callable[[jax.Array], jax.Array]
     null: Callable[[jax.Array], jax.Array]
     pinv_h_x: jax.Array
+
+    @classmethod
+    def composed(cls, pinv, pinv_h, null, pinv_h_x) -> _Ops:
+        """A^+ A^{+H} applied as the two maps in turn."""
+        return cls(pinv, pinv_h, lambda w: pinv(pinv_h(w)), null, pinv_h_x)
 
 
 def _tangent_ops(a: jax.Array, rcond: jax.Array, f: Factor, y: jax.Array, x: jax.Array) -> _Ops:
     """The maps through differentiable factors (pair or Gram), so that outer derivatives work."""
     kind = reduction(a)
-    ah = adjoint(a)
     if kind == "tall":
-        v, z = gram_factors(a, rcond, f)  # A^+ = V Z^H A^H
-        return _Ops(
-            lambda y: matmul(v, matmul(adjoint(z), matmul(ah, y))),
-            lambda w: matmul(a, matmul(z, matmul(adjoint(v), w))),
-            lambda w: w - matmul(v, matmul(adjoint(v), w)),
-            matmul(a, matmul(z, matmul(adjoint(v), x))),
-        )
+        return _gram_ops(a, *gram_factors(a, rcond, f), y, x)
     if kind == "wide":
-        # (A A^H)^+ = A^{+H} A^+ = V Z^H, A^+ = A^H V Z^H
-        v, z = gram_factors(ah, rcond, transposed(f))
-        return _Ops(
-            lambda y: matmul(ah, matmul(v, matmul(adjoint(z), y))),
-            lambda w: matmul(v, matmul(adjoint(z), matmul(a, w))),
-            lambda w: w - matmul(ah, matmul(v, matmul(adjoint(z), matmul(a, w)))),
-            matmul(v, matmul(adjoint(z), y)),
-        )
+        return _gram_ops(a, *gram_factors(adjoint(a), rcond, transposed(f)), y, x)
     p, v = pinv_factors(a, rcond, f)  # A^+ = V P^H
-    return _Ops(
+    return _Ops.composed(
         lambda y: matmul(v, matmul(adjoint(p), y)),
         lambda z: matmul(p, matmul(adjoint(v), z)),
         lambda z: z - matmul(v, matmul(adjoint(v), z)),
         matmul(p, matmul(adjoint(v), x)),
+    )
+
+
+def _gram_ops(a: jax.Array, v: jax.Array, z: jax.Array, y: jax.Array, x: jax.Array) -> _Ops:
+    """The maps of a tall a through its pair (V, Z), or of a wide a through the pair of a^H."""
+    ah = adjoint(a)
+    if reduction(a) == "tall":  # A^+ = V Z^H A^H, A^+ A^{+H} = (A^H A)^+ = V Z^H
+        return _Ops(
+            lambda y: matmul(v, matmul(adjoint(z), matmul(ah, y))),
+            lambda w: matmul(a, matmul(z, matmul(adjoint(v), w))),
+            lambda w: matmul(v, matmul(adjoint(z), w)),
+            lambda w: w - matmul(v, matmul(adjoint(v), w)),
+            matmul(a, matmul(z, matmul(adjoint(v), x))),
+        )
+    # wide: (A A^H)^+ = A^{+H} A^+ = V Z^H, A^+ = A^H V Z^H
+    return _Ops.composed(
+        lambda y: matmul(ah, matmul(v, matmul(adjoint(z), y))),
+        lambda w: matmul(v, matmul(adjoint(z), matmul(a, w))),
+        lambda w: w - matmul(ah, matmul(v, matmul(adjoint(z), matmul(a, w)))),
+        matmul(v, matmul(adjoint(z), y)),
     )
 
 
@@ -185,12 +206,31 @@ def _factored_solve_jvp(primals, tangents):
     a, f, b, rcond = primals
     da, _, db, _ = tangents
     x = factored_solve(a, f, b, rcond)  # recursive: outer transformations see this rule again
-    ops = _tangent_ops(a, rcond, f, b, x)
+    return x, _pinv_tangent(_tangent_ops(a, rcond, f, b, x), a, da, b, db, x)
+
+
+def _pinv_tangent(ops: _Ops, a, da, b, db, x) -> jax.Array:
+    """dx of x = A^+ b (the module docstring's rule) through the maps ops."""
     r = b - matmul(a, x)
     dah = adjoint(da)
-    inner = db - matmul(da, x) + ops.pinv_h(matmul(dah, r))
-    dx = ops.pinv(inner) + ops.null(matmul(dah, ops.pinv_h_x))
-    return x, dx
+    dx = ops.pinv(db - matmul(da, x)) + ops.pinv_pinv_h(matmul(dah, r))
+    return dx + ops.null(matmul(dah, ops.pinv_h_x))
+
+
+@jax.custom_jvp
+def paired_solve(a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, z: jax.Array):
+    """x = A^+ b, computed already, for a tall a with its pair (v, z), or a wide a with the pair
+    of a^H; the derivative is the solve's, through gram_pair (x, v and z carry none)."""
+    return x
+
+
+@paired_solve.defjvp
+def _paired_solve_jvp(primals, tangents):
+    a, b, x, v, z = primals
+    da, db = tangents[:2]
+    x = paired_solve(a, b, x, v, z)  # recursive, as for factored_solve
+    c = a if reduction(a) == "tall" else adjoint(a)
+    return x, _pinv_tangent(_gram_ops(a, *gram_pair(c, v, z), b, x), a, da, b, db, x)
 
 
 # --- ridge (Tikhonov) -----------------------------------------------------------------------

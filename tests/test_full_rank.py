@@ -3,8 +3,8 @@
 Where the cutoff keeps every singular value of the QR's triangular factor, x comes from a
 triangular solve instead of the SVD vectors; otherwise from the SVD. Checked here: the branch
 follows NumPy's cutoff inside one compiled program, vmap keeps to the SVD branch, and the
-shortcut's derivative rule (first and second order) against the SVD rule, finite differences and
-jnp.linalg.pinv, all in float64.
+derivatives through the shortcut's factor pair (I, R^{-1} R^{-H}), first and second order, against
+the SVD pair (a batch of one), finite differences and jnp.linalg.pinv, all in float64.
 """
 
 import jax

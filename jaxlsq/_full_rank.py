@@ -16,7 +16,9 @@ and N x K work (Q is applied outside it), and the derivative is taken outside it
 The derivative is _svd_solve's rule through the pair (V, Z) of the tall a (or of a^H when wide),
 (A^H A)^+ = V Z^H. At full rank (I, (A^H A)^{-1}) is that pair in another gauge, and
 (A^H A)^{-1} = R^{-1} R^{-H} (A A^H = R^H R when wide) comes from two triangular solves; so one
-rule serves both branches, to any order.
+rule serves both branches, to any order. At full rank one term of the rule vanishes (the
+null-space term of a tall a, the residual term of a wide one); a lax.cond skips its O(M N K)
+products there.
 
 Under vmap a branch picked per problem would turn into a select that computes both, so the
 shortcut is taken only for a single matrix: _single is True, except under vmap, where its rule
@@ -84,11 +86,13 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
         return t, v * keep, v * (inverse * inverse), s_full
 
     def single(c):
-        return lax.cond(keep_mask(s, rcond)[-1], shortcut, svd_branch, c)
+        return lax.cond(full, shortcut, svd_branch, c)
 
+    full = keep_mask(s, rcond)[-1]
     t, v, z, s = lax.cond(_single(s), single, svd_branch, c)
     x = t if kind == "tall" else reflect(h, taus, t)
-    return paired_solve(a, b, x, v, z), s
+    full_rank = keep_mask(s, rcond)[-1]  # of the branch taken (under vmap: the SVD's values)
+    return paired_solve(a, b, x, v, z, full_rank), s
 
 
 def _triangular_solve(r: jax.Array, y: jax.Array) -> jax.Array:

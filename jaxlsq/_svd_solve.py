@@ -141,13 +141,13 @@ def _gram_pair_jvp(primals, tangents):
 
 class _Ops(NamedTuple):
     """Linear maps the tangents apply: A^+, A^{+H}, A^+ A^{+H}, I - A^+ A; and A^{+H} x for
-    x = A^+ y."""
+    x = A^+ y (computed where it is asked for: a skipped term costs nothing)."""
 
     pinv: Callable[[jax.Array], jax.Array]
     pinv_h: Callable[[jax.Array], jax.Array]
     pinv_pinv_h: Callable[[jax.Array], jax.Array]
     null: Callable[[jax.Array], jax.Array]
-    pinv_h_x: jax.Array
+    pinv_h_x: Callable[[], jax.Array]
 
     @classmethod
     def composed(cls, pinv, pinv_h, null, pinv_h_x) -> _Ops:
@@ -167,7 +167,7 @@ def _tangent_ops(a: jax.Array, rcond: jax.Array, f: Factor, y: jax.Array, x: jax
         lambda y: matmul(v, matmul(adjoint(p), y)),
         lambda z: matmul(p, matmul(adjoint(v), z)),
         lambda z: z - matmul(v, matmul(adjoint(v), z)),
-        matmul(p, matmul(adjoint(v), x)),
+        lambda: matmul(p, matmul(adjoint(v), x)),
     )
 
 
@@ -180,14 +180,14 @@ def _gram_ops(a: jax.Array, v: jax.Array, z: jax.Array, y: jax.Array, x: jax.Arr
             lambda w: matmul(a, matmul(z, matmul(adjoint(v), w))),
             lambda w: matmul(v, matmul(adjoint(z), w)),
             lambda w: w - matmul(v, matmul(adjoint(v), w)),
-            matmul(a, matmul(z, matmul(adjoint(v), x))),
+            lambda: matmul(a, matmul(z, matmul(adjoint(v), x))),
         )
     # wide: (A A^H)^+ = A^{+H} A^+ = V Z^H, A^+ = A^H V Z^H
     return _Ops.composed(
         lambda y: matmul(ah, matmul(v, matmul(adjoint(z), y))),
         lambda w: matmul(v, matmul(adjoint(z), matmul(a, w))),
         lambda w: w - matmul(ah, matmul(v, matmul(adjoint(z), matmul(a, w)))),
-        matmul(v, matmul(adjoint(z), y)),
+        lambda: matmul(v, matmul(adjoint(z), y)),
     )
 
 
@@ -209,28 +209,46 @@ def _factored_solve_jvp(primals, tangents):
     return x, _pinv_tangent(_tangent_ops(a, rcond, f, b, x), a, da, b, db, x)
 
 
-def _pinv_tangent(ops: _Ops, a, da, b, db, x) -> jax.Array:
-    """dx of x = A^+ b (the module docstring's rule) through the maps ops."""
-    r = b - matmul(a, x)
+def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> jax.Array:
+    """dx of x = A^+ b (the module docstring's rule) through the maps ops.
+
+    full (a tall or wide a only): whether it has full rank, where one term vanishes, the null-space
+    term of a tall a (I - A^+ A = 0) or the residual term of a wide one (r = 0); a lax.cond then
+    skips it.
+    """
     dah = adjoint(da)
-    dx = ops.pinv(db - matmul(da, x)) + ops.pinv_pinv_h(matmul(dah, r))
-    return dx + ops.null(matmul(dah, ops.pinv_h_x))
+
+    def residual_term():
+        return ops.pinv_pinv_h(matmul(dah, b - matmul(a, x)))
+
+    def null_term():
+        return ops.null(matmul(dah, ops.pinv_h_x()))
+
+    dx = ops.pinv(db - matmul(da, x))
+    if full is None:
+        return dx + residual_term() + null_term()
+    vanishing, other = (
+        (null_term, residual_term) if reduction(a) == "tall" else (residual_term, null_term)
+    )
+    return dx + other() + lax.cond(full, lambda: jnp.zeros_like(dx), vanishing)
 
 
 @jax.custom_jvp
-def paired_solve(a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, z: jax.Array):
+def paired_solve(a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, z: jax.Array, full):
     """x = A^+ b, computed already, for a tall a with its pair (v, z), or a wide a with the pair
-    of a^H; the derivative is the solve's, through gram_pair (x, v and z carry none)."""
+    of a^H, and whether a has full rank; the derivative is the solve's, through gram_pair (x, v
+    and z carry none)."""
     return x
 
 
 @paired_solve.defjvp
 def _paired_solve_jvp(primals, tangents):
-    a, b, x, v, z = primals
+    a, b, x, v, z, full = primals
     da, db = tangents[:2]
-    x = paired_solve(a, b, x, v, z)  # recursive, as for factored_solve
+    x = paired_solve(a, b, x, v, z, full)  # recursive, as for factored_solve
     c = a if reduction(a) == "tall" else adjoint(a)
-    return x, _pinv_tangent(_gram_ops(a, *gram_pair(c, v, z), b, x), a, da, b, db, x)
+    ops = _gram_ops(a, *gram_pair(c, v, z), b, x)
+    return x, _pinv_tangent(ops, a, da, b, db, x, full)
 
 
 # --- ridge (Tikhonov) -----------------------------------------------------------------------

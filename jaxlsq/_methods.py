@@ -7,10 +7,12 @@ its assumption on the factor it already has, and where the check fails the solut
 a finite wrong answer; multiplied by NaN so that tangents and gradients are NaN too), with the
 rank estimate the check gives (0 where the factorization itself fails):
 - qr: |R_ii| > c * max_j |R_jj| for every i (R of a, or of a^H when wide), with
-  c = max(rcond, 1e3 eps max(M, N)). Exact rank deficiency gives a zero diagonal entry in exact
-  arithmetic, which rounding leaves at a few eps; the margin keeps it below c, at the price of
-  flagging matrices with cond(a) beyond about 1 / (1e3 eps max(M, N)). The count of entries
-  above c estimates the rank; rare near-deficient matrices (Kahan's) pass the check.
+  c = max(rcond, min(1e3 eps max(M, N), sqrt(eps))). Exact rank deficiency gives a zero diagonal
+  entry in exact arithmetic, which rounding leaves at a few eps; the margin keeps it below c, at
+  the price of flagging matrices with cond(a) beyond about 1 / c (sqrt(eps) caps the margin, so
+  that large float32 problems are not all flagged: 1e3 eps max(M, N) passes 1 at M = 8400 there).
+  The count of entries above c estimates the rank; rare near-deficient matrices (Kahan's) pass
+  the check.
 - cholesky: eps * cond(A)^2 <= 1e-3, with cond(A)^2 = cond(G) of G = A^H A + lam (or A A^H + lam)
   estimated from its Cholesky factor: ||G||_F over a Rayleigh quotient after three steps of
   inverse iteration. Past it the normal equations keep fewer than 3 digits. Where it fails the
@@ -51,8 +53,10 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
         )
         x = matmul(q, z)
     # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
-    # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff.
-    margin = 1e3 * float(jnp.finfo(a.dtype).eps) * max(m, n)
+    # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff, capped
+    # at sqrt(eps) (past it the margin would flag well-conditioned matrices, all of them from 1).
+    eps = float(jnp.finfo(a.dtype).eps)
+    margin = min(1e3 * eps * max(m, n), eps**0.5)
     cutoff = jnp.maximum(rcond, jnp.asarray(margin, rcond.dtype))
     rank, holds = _diagonal_check(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), cutoff[..., None])
     return _flag(x, holds), rank

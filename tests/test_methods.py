@@ -143,3 +143,17 @@ def test_qr_flags_columns_that_a_zero_weight_makes_dependent():
         a, b = rng.standard_normal((4, 4)), rng.standard_normal(4)
         out = jaxlsq.lstsq(a, b, weights=np.array([0.0, 1.0, 1.0, 1.0]), method="qr")
         assert np.all(np.isnan(out.x)), seed
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_qr_check_passes_well_conditioned_large_problems(dtype):
+    """The check's margin is capped at sqrt(eps): float32 with 10,000 rows (where 1e3 eps M > 1
+    would flag every matrix) and cond 100 at 200 rows solve, and agree with NumPy."""
+    rng = np.random.default_rng(30)
+    for m, n, cond in ((10_000, 20, 10.0), (200, 50, 100.0)):
+        a = with_singular_values(rng, m, n, np.geomspace(1, 1 / cond, n)).astype(dtype)
+        b = rng.standard_normal((m, 2)).astype(dtype)
+        out = jaxlsq.lstsq(a, b, method="qr")
+        assert int(out.rank) == n
+        want = np.linalg.lstsq(a.astype(float), b.astype(float), rcond=None)[0]
+        assert_close(out.x, want, 100 * np.finfo(dtype).eps * cond)

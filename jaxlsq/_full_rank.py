@@ -34,16 +34,18 @@ from jax import lax
 from jax.custom_batching import custom_vmap
 
 from ._factor import (
+    Basis,
+    Factor,
     adjoint,
     factorize,
-    matmul,
     reduction,
     reflect,
     reflect_h,
     svd,
+    transposed,
     triangular_factor,
 )
-from ._svd_solve import _kept_power, factored_solve, keep_mask, paired_solve
+from ._svd_solve import _apply_pinv, factored_solve, gram_values, keep_mask, paired_solve
 
 
 @custom_vmap
@@ -64,32 +66,26 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
         f = factorize(lax.stop_gradient(a))
         return factored_solve(a, f, b, rcond), f.s
     h, taus, r = triangular_factor(lax.stop_gradient(a))
-    s = jnp.linalg.svd(r, compute_uv=False)  # the values alone: no vectors
+    values = jnp.linalg.svd(r, compute_uv=False)  # the values alone: no vectors
     b_const = lax.stop_gradient(b)
     c = reflect_h(h, taus, b_const) if kind == "tall" else b_const  # (N or M) x K
 
-    def shortcut(c):
+    def shortcut(c):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
         eye = jnp.eye(r.shape[-1], dtype=r.dtype)
-        inverse_gram = _triangular_solve(r, _triangular_solve_h(r, eye))  # R^{-1} R^{-H}
+        inverse_gram = _triangular_solve(r, _triangular_solve_h(r, eye))
         t = _triangular_solve(r, c) if kind == "tall" else _triangular_solve_h(r, c)
-        return t, eye, inverse_gram, s
+        return t, eye, inverse_gram, values
 
-    def svd_branch(c):
-        u, s_full, vh = svd(r)
-        v = adjoint(vh)
-        inverse = _kept_power(s_full, rcond, -1, r.dtype)
-        keep = _kept_power(s_full, rcond, 0, r.dtype)
-        if kind == "tall":  # R^+ c = V S^+ U^H c
-            t = matmul(v, inverse[:, None] * matmul(adjoint(u), c))
-        else:  # (R^H)^+ c = U S^+ V^H c
-            t = matmul(u, inverse[:, None] * matmul(vh, c))
-        return t, v * keep, v * (inverse * inverse), s_full
+    def svd_branch(c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
+        u, s, vh = svd(r)
+        f = Factor(Basis(u), s, Basis(adjoint(vh)))
+        t = _apply_pinv(f if kind == "tall" else transposed(f), rcond, c)
+        return t, *gram_values(f, rcond, r.dtype), s
 
-    def single(c):
-        return lax.cond(full, shortcut, svd_branch, c)
-
-    full = keep_mask(s, rcond)[-1]
-    t, v, z, s = lax.cond(_single(s), single, svd_branch, c)
+    full = keep_mask(values, rcond)[-1]
+    t, v, z, s = lax.cond(
+        _single(values), lambda c: lax.cond(full, shortcut, svd_branch, c), svd_branch, c
+    )
     x = t if kind == "tall" else reflect(h, taus, t)
     full_rank = keep_mask(s, rcond)[-1]  # of the branch taken (under vmap: the SVD's values)
     return paired_solve(a, b, x, v, z, full_rank), s

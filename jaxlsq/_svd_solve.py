@@ -112,9 +112,14 @@ def gram_factors(a: jax.Array, rcond: jax.Array, f: Factor) -> tuple[jax.Array, 
     They give (A^H A)^+ = V Z^H, A^+ = V Z^H A^H and A^+ A = V V^H: the pair (P, V) of the
     module docstring with P = A Z left unformed. Gauge and tangent are the pair's.
     """
+    return gram_pair(a, *gram_values(f, rcond, a.dtype))
+
+
+def gram_values(f: Factor, rcond: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """gram_factors' values (V, Z) from the factorization f of a tall matrix, no derivative."""
     v = f.right.u  # explicit: the right factor of a tall matrix is R's V
-    keep = _kept_power(f.s, rcond, 0, a.dtype)[..., None, :]
-    return gram_pair(a, v * keep, v * _kept_power(f.s, rcond, -2, a.dtype)[..., None, :])
+    keep = _kept_power(f.s, rcond, 0, dtype)[..., None, :]
+    return v * keep, v * _kept_power(f.s, rcond, -2, dtype)[..., None, :]
 
 
 @jax.custom_jvp

@@ -64,7 +64,9 @@ def test_float32_keeps_numpy_semantics(kind):
         a = with_singular_values(rng, m, n, s).astype(np.float32)
         b = randn(rng, (m, 1)).astype(np.float32)
         result = jax.jit(jaxlsq.lstsq)(a, b)
-        x, rank, sv = numpy_answer(a.astype(float), b.astype(float), 1.2e-7 * 30)
+        x, rank, sv = numpy_answer(
+            a.astype(float), b.astype(float), np.finfo(np.float32).eps * max(m, n)
+        )
         assert int(result.rank) == rank
         assert_close(result.singular_values, sv, 1e-5)
         assert_close(result.x, x, 1e-4)

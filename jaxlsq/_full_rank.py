@@ -13,6 +13,12 @@ x = V S^+ U^H Q^H b as in _svd_solve. Either way rank, singular values and x are
 branches differ in rounding only. A lax.cond picks the branch at run time; it holds only N x N
 and N x K work (Q is applied outside it), and the derivative is taken outside it too.
 
+The rank is decided in two steps. First a bound from R^{-1} (a triangular solve, cheaper than any
+SVD): s_max <= ||R||_F and s_min >= 1 / ||R^{-1}||_F, so ||R||_F ||R^{-1}||_F rcond < 1 means
+every value is kept (with a margin for the rounding of R^{-1}). Where the bound settles it, the
+singular values are computed (without vectors) only for the output, and XLA drops them where the
+caller does not use them. Otherwise the values alone (gesdd without vectors) decide.
+
 The derivative is _svd_solve's rule through the pair (V, Z) of the tall a (or of a^H when wide),
 (A^H A)^+ = V Z^H. At full rank (I, (A^H A)^{-1}) is that pair in another gauge, and
 (A^H A)^{-1} = R^{-1} R^{-H} (A A^H = R^H R when wide) comes from two triangular solves; so one
@@ -49,13 +55,13 @@ from ._svd_solve import _apply_pinv, factored_solve, gram_values, keep_mask, pai
 
 
 @custom_vmap
-def _single(s: jax.Array) -> jax.Array:
-    """True; under vmap (s batched) the unbatched constant False."""
+def _single(r: jax.Array, rcond: jax.Array) -> jax.Array:
+    """True; under vmap (r or rcond batched) the unbatched constant False."""
     return jnp.ones((), bool)
 
 
 @_single.def_vmap
-def _single_vmap_rule(axis_size, in_batched, s):
+def _single_vmap_rule(axis_size, in_batched, r, rcond):
     return jnp.zeros((), bool), False
 
 
@@ -66,29 +72,59 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
         f = factorize(lax.stop_gradient(a))
         return factored_solve(a, f, b, rcond), f.s
     h, taus, r = triangular_factor(lax.stop_gradient(a))
-    values = jnp.linalg.svd(r, compute_uv=False)  # the values alone: no vectors
+    eye = jnp.eye(r.shape[-1], dtype=r.dtype)
+    r_inv = _triangular_solve(r, eye)
     b_const = lax.stop_gradient(b)
     c = reflect_h(h, taus, b_const) if kind == "tall" else b_const  # (N or M) x K
 
-    def shortcut(c):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
-        eye = jnp.eye(r.shape[-1], dtype=r.dtype)
-        inverse_gram = _triangular_solve(r, _triangular_solve_h(r, eye))
+    def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
         t = _triangular_solve(r, c) if kind == "tall" else _triangular_solve_h(r, c)
-        return t, eye, inverse_gram, values
+        return t, eye, _triangular_solve(r, adjoint(r_inv)), values, jnp.ones((), bool)
 
     def svd_branch(c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
         u, s, vh = svd(r)
         f = Factor(Basis(u), s, Basis(adjoint(vh)))
         t = _apply_pinv(f if kind == "tall" else transposed(f), rcond, c)
-        return t, *gram_values(f, rcond, r.dtype), s
+        return t, *gram_values(f, rcond, r.dtype), s, keep_mask(s, rcond)[-1]
 
-    full = keep_mask(values, rcond)[-1]
-    t, v, z, s = lax.cond(
-        _single(values), lambda c: lax.cond(full, shortcut, svd_branch, c), svd_branch, c
+    def certified(c):  # full rank is certain: the values only for the output (dropped if unused)
+        return shortcut(c, _values(r))
+
+    def by_values(c):  # the values alone decide
+        values = _values(r)
+        return lax.cond(
+            keep_mask(values, rcond)[-1], shortcut, lambda c, _: svd_branch(c), c, values
+        )
+
+    t, v, z, s, full = lax.cond(
+        _single(r, rcond),
+        lambda c: lax.cond(_certainly_full(r, r_inv, rcond), certified, by_values, c),
+        svd_branch,
+        c,
     )
     x = t if kind == "tall" else reflect(h, taus, t)
-    full_rank = keep_mask(s, rcond)[-1]  # of the branch taken (under vmap: the SVD's values)
-    return paired_solve(a, b, x, v, z, full_rank), s
+    return paired_solve(a, b, x, v, z, full), s
+
+
+def _values(r: jax.Array) -> jax.Array:
+    return jnp.linalg.svd(r, compute_uv=False)  # no vectors
+
+
+def _certainly_full(r: jax.Array, r_inv: jax.Array, rcond: jax.Array) -> jax.Array:
+    """Whether every singular value of R is kept, from a bound: s_max <= ||R||_F and
+    s_min >= 1 / ||R^{-1}||_F. The margin (1/4, and rcond at least 4 n eps) covers the rounding of
+    the computed R^{-1}, whose relative error stays below about n eps cond(R)."""
+    n = r.shape[-1]
+    floor = 4 * n * jnp.finfo(r.dtype).eps
+    bound = _norm(r) * _norm(r_inv) * jnp.maximum(rcond, floor)
+    return bound < 0.25  # False also where R^{-1} is not finite (NaN)
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    """Frobenius norm without overflow: scaled by the largest entry."""
+    big = jnp.max(jnp.abs(x))
+    safe = jnp.where(big > 0, big, 1)
+    return big * jnp.sqrt(jnp.sum(jnp.abs(x / safe) ** 2))
 
 
 def _triangular_solve(r: jax.Array, y: jax.Array) -> jax.Array:

@@ -221,13 +221,15 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
     term of a tall a (I - A^+ A = 0) or the residual term of a wide one (r = 0); a lax.cond then
     skips it.
     """
-    dah = adjoint(da)
+
+    def dah_times(y):  # dA^H y, as (y^H dA)^H: reverse mode then forms its term in a's layout
+        return adjoint(matmul(adjoint(y), da))
 
     def residual_term():
-        return ops.pinv_pinv_h(matmul(dah, b - matmul(a, x)))
+        return ops.pinv_pinv_h(dah_times(b - matmul(a, x)))
 
     def null_term():
-        return ops.null(matmul(dah, ops.pinv_h_x()))
+        return ops.null(dah_times(ops.pinv_h_x()))
 
     dx = ops.pinv(db - matmul(da, x))
     if full is None:

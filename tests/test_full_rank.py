@@ -15,6 +15,7 @@ from helpers import assert_close, compiled, count_svds, orthonormal, randn, with
 from jax.test_util import check_grads
 
 import jaxlsq
+from jaxlsq._full_rank import _certainly_full
 
 SHAPES = {"tall": (30, 6), "wide": (6, 30)}
 SPREAD = [1.0, 0.5, 1e-1, 1e-2, 1e-3, 1e-4]  # cut by rcond between two of them
@@ -70,6 +71,36 @@ def test_float32_keeps_numpy_semantics(kind):
         assert int(result.rank) == rank
         assert_close(result.singular_values, sv, 1e-5)
         assert_close(result.x, x, 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_full_rank_certificate_is_sound_and_used(dtype):
+    """_certainly_full (the test that skips the singular values) never claims full rank where
+    NumPy's cutoff drops a value, also where R^{-1} is inaccurate (float32, cond up to 1e9, tiny
+    rcond), and it does hold for well-conditioned matrices at the default cutoff."""
+    rng = np.random.default_rng(4)
+    eps = np.finfo(dtype).eps
+    claims = []
+    for kind, (m, n) in SHAPES.items():
+        for smallest in np.logspace(-9, 0, 28):
+            a = with_singular_values(rng, m, n, [1, 0.9, 0.7, 0.5, 0.3, smallest]).astype(dtype)
+            tall = a if kind == "tall" else a.conj().T
+            r = np.linalg.qr(tall.astype(np.float64), mode="r")
+            for rcond in (0.0, 1e-12, eps * max(m, n), 1e-4, 0.1, 0.5):
+                claim = bool(_certainly_full(*_factor_and_inverse(tall), jnp.asarray(rcond, dtype)))
+                s = np.linalg.svd(r, compute_uv=False)
+                claims.append(claim)
+                if claim:  # NumPy keeps every value, with room to spare
+                    assert s[-1] > 2 * rcond * s[0], (kind, smallest, rcond, s)
+    assert 0 < sum(claims) < len(claims)
+    well = randn(rng, (30, 6)).astype(dtype)
+    assert bool(_certainly_full(*_factor_and_inverse(well), jnp.asarray(eps * 30, dtype)))
+
+
+def _factor_and_inverse(tall):
+    r = jnp.linalg.qr(jnp.asarray(tall), mode="r")
+    eye = jnp.eye(r.shape[-1], dtype=r.dtype)
+    return r, jax.lax.linalg.triangular_solve(r, eye, left_side=True, lower=False)
 
 
 @pytest.mark.parametrize("kind", SHAPES)

@@ -1,9 +1,8 @@
 r"""The plain solve of one tall or wide matrix, with a shortcut where it has full rank.
 
-Every tall solve starts with the Householder QR a = Q R (a wide one with a^H = Q R). The singular
-values of R alone, without vectors, cost LAPACK's gesdd a fraction of the full SVD, and they are
-all the rank decision needs. Where the cutoff keeps all of them (full column rank for a tall a,
-full row rank for a wide one), the pseudo-inverse needs no SVD vectors:
+Every tall solve starts with the Householder QR a = Q R (a wide one with a^H = Q R). Where the
+cutoff keeps every singular value of R (full column rank for a tall a, full row rank for a wide
+one), the pseudo-inverse needs no SVD vectors:
 
     tall:  A^+ = R^{-1} Q^H,           x = R^{-1} Q^H b            (the QR least-squares solve)
     wide:  A^+ = Q R^{-H},             x = Q R^{-H} b              (the minimum-norm solution)

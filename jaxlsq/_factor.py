@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_batching import custom_vmap
 
+from ._order import after
+
 HIGHEST = lax.Precision.HIGHEST
 
 # Reduce to the triangular factor first when one side is at least this many times the other
@@ -53,7 +55,7 @@ def svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jnp.linalg.svd(a, full_matrices=False)
 
 
-def _broadcast_batch(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+def broadcast_batch(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Broadcast the batch dimensions (all but the last two) of x and y against each other."""
     batch = jnp.broadcast_shapes(x.shape[:-2], y.shape[:-2])
     return (
@@ -67,7 +69,7 @@ def _reflector_product(transpose: bool):
 
     @custom_vmap
     def apply(h: jax.Array, taus: jax.Array, y: jax.Array) -> jax.Array:
-        h, y = _broadcast_batch(h, y)
+        h, y = broadcast_batch(h, y)
         taus = jnp.broadcast_to(taus, (*h.shape[:-2], taus.shape[-1]))
         return _ormqr(h, taus, y, left=True, transpose=transpose)
 
@@ -165,8 +167,14 @@ def triangular_factor(
 
 
 def factor_of_triangular(kind: str, h: jax.Array, taus: jax.Array | None, r: jax.Array) -> Factor:
-    """The factorization of a tall (kind "tall") or wide ("wide") a from triangular_factor's QR."""
-    u, s, vh = svd(r)
+    """The factorization of a tall (kind "tall") or wide ("wide") a from triangular_factor's QR.
+
+    The LAPACK calls come in a chain (see _order): the SVD of R after the explicit Q, and every
+    later application of the reflectors after the SVD.
+    """
+    u, s, vh = svd(r if taus is not None else after(r, h))
+    if taus is not None:
+        taus = after(taus, s, x_core=1, y_core=1)
     if kind == "tall":  # a = Q R, R = U S V^H: left = Q U, right = V
         return Factor(Basis(u, h, taus), s, Basis(adjoint(vh)))
     # a^H = Q R, R = U S V^H, so a = V S (Q U)^H: left = V, right = Q U

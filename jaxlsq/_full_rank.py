@@ -1,4 +1,4 @@
-r"""The plain solve of one tall or wide matrix, with a shortcut where it has full rank.
+r"""The plain solve of tall or wide matrices, with a shortcut where they have full rank.
 
 Every tall solve starts with the Householder QR a = Q R (a wide one with a^H = Q R). Where the
 cutoff keeps every singular value of R (full column rank for a tall a, full row rank for a wide
@@ -25,10 +25,13 @@ rule serves both branches, to any order. At full rank one term of the rule vanis
 null-space term of a tall a, the residual term of a wide one); a lax.cond skips its O(M N K)
 products there.
 
-Under vmap a branch picked per problem would turn into a select that computes both, so the
-shortcut is taken only for a single matrix: _single is True, except under vmap, where its rule
-makes it the constant False and XLA keeps the SVD branch alone. Batched input (leading
-dimensions) goes the SVD way directly.
+Batches (leading dimensions or vmap) take one decision for all their problems: a branch picked
+per problem would become a select that computes both. The batch takes the shortcut where the
+bound settles full rank for every problem (_everyone reduces the flags, over vmapped problems
+too), and the SVD branch otherwise; the second step (the values alone) is left out for batches,
+where the values cost about as much as the SVD of the small factors with vectors. The decision
+is global to the batch: a batch sharded over devices exchanges this one boolean. _single tells a
+vmapped matrix from a single one (its rule makes it the constant False under vmap).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from ._factor import (
     Basis,
     Factor,
     adjoint,
+    broadcast_batch,
     factorize,
     reduction,
     reflect,
@@ -50,59 +54,78 @@ from ._factor import (
     transposed,
     triangular_factor,
 )
+from ._order import after
 from ._svd_solve import _apply_pinv, factored_solve, gram_values, keep_mask, paired_solve
 
 
 @custom_vmap
-def _single(r: jax.Array, rcond: jax.Array) -> jax.Array:
-    """True; under vmap (r or rcond batched) the unbatched constant False."""
+def _single(r: jax.Array) -> jax.Array:
+    """True; under vmap the unbatched constant False (a batch is on its way)."""
     return jnp.ones((), bool)
 
 
 @_single.def_vmap
-def _single_vmap_rule(axis_size, in_batched, r, rcond):
+def _single_vmap_rule(axis_size, in_batched, r):
     return jnp.zeros((), bool), False
 
 
+@custom_vmap
+def _everyone(flags: jax.Array) -> jax.Array:
+    """Whether every problem's flag is set: all of flags (one per problem, any batch shape) and,
+    under vmap, over the mapped problems too; the answer is never batched."""
+    return jnp.all(flags)
+
+
+@_everyone.def_vmap
+def _everyone_vmap_rule(axis_size, in_batched, flags):
+    return _everyone(jnp.all(flags, axis=0) if in_batched[0] else flags), False
+
+
 def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """x = A^+ b and a's singular values, for a (..., M, N) and b (..., M, K)."""
+    """x = A^+ b and a's singular values, for a (..., M, N) and b (..., M, K); b's batch
+    dimensions broadcast against a's."""
     kind = reduction(a)
-    if a.ndim != 2 or b.ndim != 2 or kind is None:
+    if kind is None:
         f = factorize(lax.stop_gradient(a))
         return factored_solve(a, f, b, rcond), f.s
     h, taus, r = triangular_factor(lax.stop_gradient(a))
-    eye = jnp.eye(r.shape[-1], dtype=r.dtype)
-    r_inv = _triangular_solve(r, eye)
     b_const = lax.stop_gradient(b)
     c = reflect_h(h, taus, b_const) if kind == "tall" else b_const  # (N or M) x K
+    r = after(r, c)  # every later LAPACK call on R waits for Q^H b (see _order)
+    eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
+    r_inv = _triangular_solve(r, eye)
 
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
-        t = _triangular_solve(r, c) if kind == "tall" else _triangular_solve_h(r, c)
-        return t, eye, _triangular_solve(r, adjoint(r_inv)), values, jnp.ones((), bool)
+        t = _triangular_solve(r, c) if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
+        z = _triangular_solve(after(r, t), adjoint(r_inv))
+        return t, eye, z, values, jnp.ones((), bool)
 
     def svd_branch(c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
         u, s, vh = svd(r)
         f = Factor(Basis(u), s, Basis(adjoint(vh)))
         t = _apply_pinv(f if kind == "tall" else transposed(f), rcond, c)
-        return t, *gram_values(f, rcond, r.dtype), s, keep_mask(s, rcond)[-1]
+        return t, *gram_values(f, rcond, r.dtype), s, jnp.zeros((), bool)
 
     def certified(c):  # full rank is certain: the values only for the output (dropped if unused)
-        return shortcut(c, _values(r))
+        t, v, z, _, full = shortcut(c, None)
+        return t, v, z, _values(after(r, z)), full
 
     def by_values(c):  # the values alone decide
         values = _values(r)
-        return lax.cond(
-            keep_mask(values, rcond)[-1], shortcut, lambda c, _: svd_branch(c), c, values
-        )
+        everyone = _everyone(keep_mask(values, rcond)[..., -1])
+        c = after(c, values, y_core=1)
+        return lax.cond(everyone, shortcut, lambda c, _: svd_branch(c), c, values)
 
-    t, v, z, s, full = lax.cond(
-        _single(r, rcond),
-        lambda c: lax.cond(_certainly_full(r, r_inv, rcond), certified, by_values, c),
-        svd_branch,
-        c,
-    )
-    x = t if kind == "tall" else reflect(h, taus, t)
-    return paired_solve(a, b, x, v, z, full), s
+    # One decision for the whole batch (a branch per problem would become a select that
+    # computes both): the shortcut where every problem has full rank.
+    if a.ndim == 2:  # one matrix, unless under vmap: the values decide where the bound cannot
+        uncertain = lambda c: lax.cond(_single(r), by_values, svd_branch, c)  # noqa: E731
+    else:
+        uncertain = svd_branch
+    certain = _everyone(_certainly_full(r, r_inv, rcond))
+    t, v, z, s, full = lax.cond(certain, certified, uncertain, c)
+    x = t if kind == "tall" else reflect(h, after(taus, t, x_core=1), t)
+    return paired_solve(a, b, x, v, z, full), after(s, x, x_core=1)
 
 
 def _values(r: jax.Array) -> jax.Array:
@@ -120,19 +143,17 @@ def _certainly_full(r: jax.Array, r_inv: jax.Array, rcond: jax.Array) -> jax.Arr
 
 
 def _norm(x: jax.Array) -> jax.Array:
-    """Frobenius norm without overflow: scaled by the largest entry."""
-    big = jnp.max(jnp.abs(x))
+    """Frobenius norm of each matrix without overflow: scaled by its largest entry."""
+    big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
     safe = jnp.where(big > 0, big, 1)
-    return big * jnp.sqrt(jnp.sum(jnp.abs(x / safe) ** 2))
+    return (big * jnp.sqrt(jnp.sum(jnp.abs(x / safe) ** 2, axis=(-2, -1), keepdims=True)))[
+        ..., 0, 0
+    ]
 
 
-def _triangular_solve(r: jax.Array, y: jax.Array) -> jax.Array:
-    """R^{-1} y for upper triangular R."""
-    return lax.linalg.triangular_solve(r, y, left_side=True, lower=False)
-
-
-def _triangular_solve_h(r: jax.Array, y: jax.Array) -> jax.Array:
-    """R^{-H} y for upper triangular R."""
+def _triangular_solve(r: jax.Array, y: jax.Array, adjoint_r: bool = False) -> jax.Array:
+    """R^{-1} y (R^{-H} y with adjoint_r) for upper triangular R; batch dimensions broadcast."""
+    r, y = broadcast_batch(r, y)
     return lax.linalg.triangular_solve(
-        r, y, left_side=True, lower=False, transpose_a=True, conjugate_a=True
+        r, y, left_side=True, lower=False, transpose_a=adjoint_r, conjugate_a=adjoint_r
     )

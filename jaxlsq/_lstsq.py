@@ -295,13 +295,13 @@ def _lstsq_core(
     if method == "svd":
         if w is not None:
             x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
-            s = singular_values(root * a)
+            s = singular_values(root * a, x)
         elif lam is None:
             x, s = pinv_solve(a, b, rcond)
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)
-            s = singular_values(a)
+            s = singular_values(a, x)
         rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
     else:  # no SVD: singular values are not computed (NaN), rank is the method's estimate
         a_m, b_m = (a, b) if root is None else (root * a, root * b)

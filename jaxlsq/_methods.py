@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._factor import adjoint, matmul
+from ._order import after
 
 
 def _diagonal_check(d: jax.Array, ratio: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -48,8 +49,8 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
         x = lax.linalg.triangular_solve(r, matmul(adjoint(q), b), left_side=True, lower=False)
     else:  # a^H = Q R, a = R^H Q^H: the minimum-norm x = Q R^{-H} b
         q, r = jnp.linalg.qr(adjoint(a))
-        z = lax.linalg.triangular_solve(
-            r, b, left_side=True, lower=False, transpose_a=True, conjugate_a=True
+        z = lax.linalg.triangular_solve(  # after Q is formed (see _order)
+            after(r, q), b, left_side=True, lower=False, transpose_a=True, conjugate_a=True
         )
         x = matmul(q, z)
     # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
@@ -81,19 +82,23 @@ def cholesky_solve(a: jax.Array, b: jax.Array, lam: jax.Array) -> tuple[jax.Arra
     d = jnp.where(jnp.isnan(d), 0, d)
     threshold = 1e3 * float(jnp.finfo(a.dtype).eps)
     k = gram.shape[-1]
-    holds = _well_conditioned(gram, chol, threshold)
+    holds = _well_conditioned(gram, chol, threshold, z)
     count, _ = _diagonal_check(d, jnp.asarray(threshold**0.5, d.dtype))
     rank = jnp.where(holds, k, jnp.minimum(count, k - 1))
     return _flag(x, holds), rank
 
 
-def _well_conditioned(gram: jax.Array, chol: jax.Array, threshold: float) -> jax.Array:
+def _well_conditioned(
+    gram: jax.Array, chol: jax.Array, threshold: float, z: jax.Array
+) -> jax.Array:
     """1 / cond(G) > threshold, estimated: a Rayleigh quotient after inverse iteration (an upper
-    bound on the smallest eigenvalue, tight once it has converged) over ||G||_F (>= the largest)."""
+    bound on the smallest eigenvalue, tight once it has converged) over ||G||_F (>= the largest).
+    Its triangular solves wait for the solve's last one, z (see _order)."""
     k = gram.shape[-1]
     v = jnp.broadcast_to(
         jnp.linspace(1.0, 2.0, k, dtype=gram.dtype)[:, None], (*gram.shape[:-1], 1)
     )
+    v = after(v, lax.stop_gradient(z))
     for _ in range(3):
         y = lax.linalg.triangular_solve(chol, v, left_side=True, lower=True)
         v = lax.linalg.triangular_solve(

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._factor import Factor, adjoint, factorize, matmul, reduction, transposed
+from ._order import after
 
 
 def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
@@ -270,8 +271,9 @@ def _paired_solve_jvp(primals, tangents):
 #
 # which is the pseudo-inverse rule above at lam = 0. The maps V D V^H and U D U^H are read from
 # the robust pairs of the plain solve: with C = S^{-2} in the pair's gauge (C = V^H Z for the
-# pair (V, Z), C = P^H P for (P, V)), D = (I + lam C)^{-1} C, a small k x k solve that JAX
-# differentiates, so outer derivatives (second order, d/dlam) stay gauge-free and finite.
+# pair (V, Z), C = P^H P for (P, V)), D = (I + lam C)^{-1} C: diagonal at the point (the pairs
+# come from the SVD) and differentiated as the k x k matrix formula (_resolvent), so outer
+# derivatives (second order, d/dlam) stay gauge-free and finite.
 
 
 def _ridge_filter(s: jax.Array, rcond: jax.Array, lam: jax.Array, dtype) -> jax.Array:
@@ -306,15 +308,33 @@ class _RidgeOps(NamedTuple):
     y: jax.Array
 
 
-def _resolvent(c: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """E = (I + lam C)^{-1} and D = E C for the pair's C (..., k, k); lam (...) broadcasts."""
-    k = c.shape[-1]
-    lam = lam[..., None, None].astype(c.dtype)
-    shape = jnp.broadcast_shapes(c.shape, lam.shape)
-    eye = jnp.broadcast_to(jnp.eye(k, dtype=c.dtype), shape)
-    system = eye + lam * c
-    both = jnp.linalg.solve(system, jnp.concatenate([eye, jnp.broadcast_to(c, shape)], -1))
-    return both[..., :k], both[..., k:]
+@jax.custom_jvp
+def _resolvent(c: jax.Array, lam: jax.Array, c_diag: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """E = (I + lam C)^{-1} and D = E C for the pair's C (..., k, k); lam (...) broadcasts.
+
+    At the point where it is evaluated the pair comes from the SVD, so C is diag(c_diag), kept
+    s^{-2} and 0 for dropped values (to rounding: V^H V = I): E and D are diagonal and need no
+    LU solve (and no LAPACK call, see _order). Their tangents are those of the matrix formula.
+    """
+    lam = lam[..., None].astype(c_diag.dtype)
+    e = 1 / (1 + lam * c_diag)
+    shape = jnp.broadcast_shapes(c.shape, lam[..., None].shape)
+    eye = jnp.eye(c.shape[-1], dtype=c.dtype)
+    return (
+        jnp.broadcast_to(eye * e[..., None, :].astype(c.dtype), shape),
+        jnp.broadcast_to(eye * (e * c_diag)[..., None, :].astype(c.dtype), shape),
+    )
+
+
+@_resolvent.defjvp
+def _resolvent_jvp(primals, tangents):
+    # E = (I + lam C)^{-1}: dE = -E (dlam C + lam dC) E, and dD = dE C + E dC.
+    c, lam, c_diag = primals
+    dc, dlam, _ = tangents
+    e, d = _resolvent(c, lam, c_diag)  # recursive: outer transformations see this rule again
+    lam, dlam = (t[..., None, None].astype(c.dtype) for t in (lam, dlam))
+    de = -matmul(e, matmul(dlam * c + lam * dc, e))
+    return (e, d), (de, matmul(de, c) + matmul(e, dc))
 
 
 def _ridge_ops(
@@ -322,6 +342,7 @@ def _ridge_ops(
 ) -> _RidgeOps:
     kind = reduction(a)
     ah = adjoint(a)
+    c_diag = _kept_power(f.s, rcond, -2, jnp.finfo(a.dtype).dtype)  # C at this point
 
     def sandwich(basis, middle, w):  # basis middle basis^H w
         return matmul(basis, matmul(middle, matmul(adjoint(basis), w)))
@@ -329,7 +350,7 @@ def _ridge_ops(
     if kind == "wide":  # the pair of A^H: V holds A's left singular vectors, C = V^H Z
         u, z = gram_factors(ah, rcond, transposed(f))
         c = matmul(adjoint(u), z)
-        _, d = _resolvent(c, lam)
+        _, d = _resolvent(c, lam, c_diag)
         cd = matmul(c, d)  # S^{-2} D: A^H U (S^{-2} D) U^H A = V D V^H
         return _RidgeOps(
             lambda w: matmul(ah, sandwich(u, cd, matmul(a, w))),
@@ -339,11 +360,11 @@ def _ridge_ops(
     if kind == "tall":  # U = A V S^{-1}: U D U^H = A V (S^{-2} D) V^H A^H
         v, z = gram_factors(a, rcond, f)
         c = matmul(adjoint(v), z)
-        _, d = _resolvent(c, lam)
+        _, d = _resolvent(c, lam, c_diag)
         y = matmul(a, sandwich(v, matmul(c, d), matmul(ah, b)))
     else:  # U = P S: U D U^H = P (S D S) P^H = P E P^H
         p, v = pinv_factors(a, rcond, f)
-        e, d = _resolvent(matmul(adjoint(p), p), lam)
+        e, d = _resolvent(matmul(adjoint(p), p), lam, c_diag)
         y = sandwich(p, e, b)
     return _RidgeOps(
         lambda w: sandwich(v, d, w),
@@ -410,9 +431,10 @@ def _weighted_solve_jvp(primals, tangents):
 # --- singular values ------------------------------------------------------------------------
 
 
-def singular_values(a: jax.Array) -> jax.Array:
-    """All min(M, N) singular values of a, descending."""
-    return singular_values_of(a, factorize(lax.stop_gradient(a)).s)
+def singular_values(a: jax.Array, x: jax.Array) -> jax.Array:
+    """All min(M, N) singular values of a, descending, from the factorization that solved for x
+    (they wait for x, see _order)."""
+    return singular_values_of(a, after(factorize(lax.stop_gradient(a)).s, x, x_core=1))
 
 
 @jax.custom_jvp
@@ -424,8 +446,11 @@ def singular_values_of(a: jax.Array, s: jax.Array) -> jax.Array:
 @singular_values_of.defjvp
 def _singular_values_jvp(primals, tangents):
     # ds_i = Re(u_i^H dA v_i), exact to first order also where singular values repeat.
-    (a, _), (da, _) = primals, tangents
-    f = factorize(a, explicit=True)  # differentiable by JAX's QR and SVD rules (second order)
+    (a, s), (da, _) = primals, tangents
+    # Differentiable by JAX's QR and SVD rules (second order). A near-square a's SVD is the
+    # solve's own (merged under jit); a tall or wide a's explicit QR is factored again, after
+    # everything the solve computed (see _order).
+    f = factorize(a if reduction(a) is None else after(a, s, y_core=1), explicit=True)
     u, v = f.left.dense(), f.right.dense()
     ds = jnp.real(jnp.sum(jnp.conj(u) * matmul(da, v), axis=-2))
     return f.s, ds.astype(f.s.dtype)

@@ -137,3 +137,75 @@ def collective_sizes(f, *args) -> list[tuple[str, int]]:
         (kind, int(np.prod([int(d) for d in dims.split(",") if d] or [1])))
         for _, dims, kind in found
     ]
+
+
+LAPACK_CALL = re.compile(r'custom_call_target="(lapack_\w+)"')
+CALLED = re.compile(
+    r"(?:calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)"
+    r"|branch_computations=\{([^}]*)\}"
+)
+
+
+def _computations(text: str) -> dict[str, list[tuple[str, str]]]:
+    """HLO computations: name -> [(instruction name, the rest of its line)]."""
+    found, current = {}, None
+    for line in text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+        if head:
+            current = found.setdefault(head.group(1), [])
+            continue
+        body = re.match(r"^\s+(?:ROOT )?%([\w.\-]+) = (.*)$", line)
+        if body and current is not None:
+            current.append(body.groups())
+    return found
+
+
+def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
+    """Pairs of LAPACK calls in the compiled program of f that no data dependence orders (in the
+    same computation; a conditional or loop whose branches call LAPACK counts as a call). jaxlib
+    0.10's batched kernels can deadlock when such calls run at the same time (jaxlsq/_order.py).
+    """
+    comps = _computations(compiled(f, *args).as_text())
+
+    def callees(rest):
+        names = []
+        for single, group in CALLED.findall(rest.split(", metadata=")[0]):
+            names += [single] if single else re.findall(r"%([\w.\-]+)", group)
+        return names
+
+    memo = {}
+
+    def calls_lapack(comp):
+        if comp not in memo:
+            memo[comp] = False
+            memo[comp] = any(
+                LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in callees(rest))
+                for _, rest in comps.get(comp, [])
+            )
+        return memo[comp]
+
+    pairs = []
+    for lines in comps.values():
+        deps = {
+            name: set(re.findall(r"%([\w.\-]+)", rest.split(", metadata=")[0]))
+            for name, rest in lines
+        }
+        nodes = [
+            (name, (LAPACK_CALL.search(rest) or re.match(r"\S+ (\w[\w-]*)", rest)).group(1))
+            for name, rest in lines
+            if LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in callees(rest))
+        ]
+        ancestors = {}
+        for name, _ in nodes:
+            seen, stack = set(), list(deps[name])
+            while stack:
+                x = stack.pop()
+                if x not in seen:
+                    seen.add(x)
+                    stack.extend(deps.get(x, ()))
+            ancestors[name] = seen
+        for i, (p, p_kind) in enumerate(nodes):
+            for q, q_kind in nodes[i + 1 :]:
+                if p not in ancestors[q] and q not in ancestors[p]:
+                    pairs.append((p_kind, q_kind))
+    return pairs

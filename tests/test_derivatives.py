@@ -273,25 +273,28 @@ def value_and_grad_of_x(a, b):
 @pytest.mark.parametrize("shape", [(60, 12), (12, 60), (20, 20)])
 def test_value_and_grad_runs_one_svd(shape):
     """One SVD with vectors, and for tall (60x12) or wide (12x60) input one QR, in every compiled
-    program. A single tall or wide matrix also has one SVD of the values alone (the full-rank
-    shortcut's rank decision); its SVD with vectors sits in the branch for lower rank."""
+    program of x. A single tall or wide matrix also has one SVD of the values alone (the
+    full-rank shortcut's rank decision); its SVD with vectors sits in the branch for lower rank.
+    Differentiating the singular values too adds their rule's factorization for tall and wide
+    input (a QR and an SVD, after the solve's: see jaxlsq/_order.py), and a second values-only
+    SVD in the branch where the bound settles the rank (one of the two runs)."""
     rng = np.random.default_rng(14)
     a, b = randn(rng, shape), randn(rng, (shape[0],))
-    full = jax.value_and_grad(
-        lambda a, b: (
-            jnp.sum(jnp.stack([jnp.sum(o) for o in jaxlsq.lstsq(a, b)[:2]]))
-            + jnp.sum(jaxlsq.lstsq(a, b).singular_values)
-        ),
-        argnums=(0, 1),
-    )
+
+    def every_output(a, b):
+        x, residuals, _, s = jaxlsq.lstsq(a, b)
+        return jnp.sum(x) + jnp.sum(residuals) + jnp.sum(s)
+
+    full = jax.value_and_grad(every_output, argnums=(0, 1))
     hessian = lambda a, b: jax.hessian(lambda a: jnp.sum(jaxlsq.lstsq(a, b).x ** 2))(a)  # noqa: E731
     qrs = int(shape[0] != shape[1])
-    for f in (lambda a, b: jaxlsq.lstsq(a, b).x, value_and_grad_of_x, full, hessian):
-        # Differentiating the singular values takes their rule's SVD outside the branches, so
-        # for a single tall or wide matrix it does not share the one in the lower-rank branch.
-        assert count_svds(f, a, b) == 1 + (f is full) * qrs
+    for f in (lambda a, b: jaxlsq.lstsq(a, b).x, value_and_grad_of_x, hessian):
+        assert count_svds(f, a, b) == 1
         assert count_svds(f, a, b, values_only=True) == qrs
         assert count_qrs(f, a, b) == qrs
+    assert count_svds(full, a, b) == 1 + qrs
+    assert count_svds(full, a, b, values_only=True) == 2 * qrs
+    assert count_qrs(full, a, b) == 2 * qrs
 
 
 def test_gradient_work_is_linear_in_n_for_one_rhs():

@@ -1,21 +1,25 @@
-"""The full-rank shortcut of one tall or wide solve (jaxlsq/_full_rank.py).
+"""The full-rank shortcut of tall and wide solves (jaxlsq/_full_rank.py).
 
 Where the cutoff keeps every singular value of the QR's triangular factor, x comes from a
-triangular solve instead of the SVD vectors; otherwise from the SVD. Checked here: the branch
-follows NumPy's cutoff inside one compiled program, vmap keeps to the SVD branch, and the
-derivatives through the shortcut's factor pair (I, R^{-1} R^{-H}), first and second order, against
-the SVD pair (a batch of one), finite differences and jnp.linalg.pinv, all in float64.
+triangular solve instead of the SVD vectors; otherwise from the SVD. A batch (leading dimensions
+or vmap) takes one branch for all its problems. Checked here: the branch follows NumPy's cutoff
+inside one compiled program, batches with and without deficient members give NumPy's answer for
+each member, and the derivatives through the shortcut's factor pair (I, R^{-1} R^{-H}), first and
+second order, against the SVD rule (factored_solve, which never takes the shortcut), finite
+differences and jnp.linalg.pinv, all in float64.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, compiled, count_svds, orthonormal, randn, with_singular_values
+from helpers import assert_close, compiled, orthonormal, randn, with_singular_values
 from jax.test_util import check_grads
 
 import jaxlsq
-from jaxlsq._full_rank import _certainly_full
+from jaxlsq._factor import factorize
+from jaxlsq._full_rank import _certainly_full, _everyone
+from jaxlsq._svd_solve import factored_solve
 
 SHAPES = {"tall": (30, 6), "wide": (6, 30)}
 SPREAD = [1.0, 0.5, 1e-1, 1e-2, 1e-3, 1e-4]  # cut by rcond between two of them
@@ -99,31 +103,83 @@ def test_the_full_rank_certificate_is_sound_and_used(dtype):
 
 def _factor_and_inverse(tall):
     r = jnp.linalg.qr(jnp.asarray(tall), mode="r")
-    eye = jnp.eye(r.shape[-1], dtype=r.dtype)
+    eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
     return r, jax.lax.linalg.triangular_solve(r, eye, left_side=True, lower=False)
 
 
+def members(rng, m, n, which):
+    """A batch of 4: all full rank (one of them scaled by 1e3), or with a rank-deficient and a
+    zero member among them."""
+    full = [randn(rng, (m, n)) for _ in range(3)] + [1e3 * randn(rng, (m, n))]
+    if which == "full":
+        return np.stack(full)
+    deficient = with_singular_values(rng, m, n, SPREAD[:5] + [0.0])
+    return np.stack([full[0], deficient, np.zeros((m, n)), full[3]])
+
+
+@pytest.mark.parametrize("which", ["full", "mixed"])
+@pytest.mark.parametrize("form", ["leading", "vmap"])
 @pytest.mark.parametrize("kind", SHAPES)
-def test_vmap_takes_the_svd_branch_for_every_member(kind):
-    """Full-rank, rank-deficient and zero members in one vmap: NumPy's answer for each, and the
-    compiled program has no branch and one SVD (a per-member branch would compute both)."""
+def test_a_batch_gives_numpy_for_every_member(kind, form, which):
+    """Leading dimensions and vmap, with rcond traced: NumPy's rank, singular values, x and
+    residuals for each member, whether the batch takes the shortcut (all full rank) or the SVD
+    branch (a deficient, a zero or a badly conditioned member)."""
     rng = np.random.default_rng(2)
     m, n = SHAPES[kind]
-    a = np.stack(
-        [
-            randn(rng, (m, n)),
-            with_singular_values(rng, m, n, SPREAD[:5] + [0.0]),
-            np.zeros((m, n)),
-        ]
-    )
-    b = randn(rng, (3, m, 2))
-    batched = jax.vmap(jaxlsq.lstsq, in_axes=(0, 0, None))
-    result = jax.jit(batched)(a, b, 1e-8)
-    for i in range(3):
-        assert_like_numpy(jaxlsq.LstsqResult(*(out[i] for out in result)), a[i], b[i], 1e-8)
-    text = compiled(batched, a, b, 1e-8).as_text()
-    assert "conditional" not in text
-    assert count_svds(batched, a, b, 1e-8) == 1
+    a, b = members(rng, m, n, which), randn(rng, (4, m, 2))
+    if form == "vmap":
+        solve = jax.jit(jax.vmap(jaxlsq.lstsq, in_axes=(0, 0, None)))
+    else:
+        solve = jax.jit(jaxlsq.lstsq)
+    for rcond in (1e-8, 1e-12):
+        result = solve(a, b, rcond)
+        for i in range(4):
+            member = jaxlsq.LstsqResult(*(out[i] for out in result))
+            assert_like_numpy(member, a[i], b[i], rcond)
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+def test_the_batch_decision_covers_every_member(kind):
+    """The bound holds for a batch of well-conditioned problems and fails once one member is
+    deficient; _everyone reduces over leading dimensions and over vmapped problems alike."""
+    rng = np.random.default_rng(7)
+    m, n = SHAPES[kind]
+
+    def certain(a, rcond):
+        tall = a if kind == "tall" else jnp.conj(jnp.swapaxes(a, -1, -2))
+        return _certainly_full(*_factor_and_inverse(tall), jnp.asarray(rcond))
+
+    rcond = np.finfo(np.float64).eps * max(m, n)
+    full, mixed = members(rng, m, n, "full"), members(rng, m, n, "mixed")
+    assert bool(_everyone(certain(full, rcond)))
+    assert np.asarray(certain(mixed, rcond)).tolist() == [True, False, False, True]
+    assert not bool(_everyone(certain(mixed, rcond)))
+    # out_axes=None: one answer for the whole vmapped batch (vmap refuses a batched one)
+    by_vmap = jax.vmap(lambda a: _everyone(certain(a, rcond)), out_axes=None)
+    assert bool(by_vmap(full)) and not bool(by_vmap(mixed))
+
+
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+@pytest.mark.parametrize("kind", SHAPES)
+def test_batch_gradients_match_each_member_s_svd_rule(kind, form):
+    """jax.grad through a batch (the shortcut for all full rank, the SVD branch for mixed): each
+    member's gradient equals the SVD rule's for that member alone; also grad of vmap."""
+    rng = np.random.default_rng(8)
+    m, n = SHAPES[kind]
+    b = randn(rng, (4, m, 2))
+    for which in ("full", "mixed"):
+        a = members(rng, m, n, which)
+        solve = jax.vmap(jaxlsq.lstsq) if form == "vmap" else jaxlsq.lstsq
+
+        def loss(a, b):
+            r = solve(a, b)
+            return jnp.sum(r.x**2) + jnp.sum(r.residuals)
+
+        got = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
+        for i in range(4):
+            want = jax.grad(scalar(through_the_svd_rule, 0.0), argnums=(0, 1))(a[i], b[i])
+            for g, w in zip(got, want):
+                assert_close(g[i], w, 1e-9, err_msg=f"{which} member {i}")
 
 
 @pytest.mark.parametrize("kind", SHAPES)
@@ -155,10 +211,16 @@ def x_and_residuals(a, b):
     return x, residuals
 
 
+def by_the_svd_rule(a, b):
+    """x = A^+ b through _svd_solve's factorization and rule (no shortcut), default cutoff."""
+    rcond = jnp.asarray(np.finfo(np.float64).eps * max(a.shape), np.float64)
+    return factored_solve(a, factorize(jax.lax.stop_gradient(a)), b, rcond)
+
+
 def through_the_svd_rule(a, b):
-    """The same solve as a batch of one: no shortcut, the SVD rule of _svd_solve."""
-    x, residuals = jaxlsq.lstsq(a[None], b[None])[:2]
-    return x[0], residuals[0]
+    """The same solve, x and residuals, with no shortcut: the SVD rule of _svd_solve."""
+    x = by_the_svd_rule(a, b)
+    return x, jnp.sum(jnp.abs(b - a @ x) ** 2, axis=0)
 
 
 def scalar(solve, weights):
@@ -203,6 +265,10 @@ def batch_of_one(a, b):
     return jaxlsq.lstsq(a[None], b[None, :, None]).x[0, :, 0]
 
 
+def svd_rule_vector(a, b):
+    return by_the_svd_rule(a, b[:, None])[:, 0]
+
+
 @pytest.mark.parametrize("kind", SHAPES)
 def test_hessian_matches_pinv_and_the_svd_rule(kind):
     rng = np.random.default_rng(5)
@@ -215,10 +281,12 @@ def test_hessian_matches_pinv_and_the_svd_rule(kind):
 
         got = jax.jit(jax.hessian(loss(lambda a, b: jaxlsq.lstsq(a, b).x)))(a)
         by_pinv = jax.hessian(loss(lambda a, b: jnp.linalg.pinv(a) @ b))(a)
-        by_svd_rule = jax.hessian(loss(batch_of_one))(a)
+        by_svd_rule = jax.hessian(loss(svd_rule_vector))(a)
+        as_a_batch = jax.jit(jax.hessian(loss(batch_of_one)))(a)  # the batch's shortcut
         scale = np.abs(by_pinv).max()
         assert_close(got, by_pinv, 1e-8, atol_scale=scale, err_msg=name)
         assert_close(got, by_svd_rule, 1e-8, atol_scale=scale, err_msg=name)
+        assert_close(as_a_batch, by_pinv, 1e-8, atol_scale=scale, err_msg=name)
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])

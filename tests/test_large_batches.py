@@ -1,0 +1,117 @@
+"""Batched LAPACK calls run one at a time (jaxlsq/_order.py), so large batches cannot deadlock.
+
+jaxlib 0.10's CPU kernels split a batch over the intra-op thread pool and block until it is
+done; independent calls that run at the same time can take every thread and hang. Checked here:
+the compiled programs of batched solves (leading dimensions and vmap, every output, first-order
+derivatives, every method) order all their LAPACK calls by data dependence, and the programs
+that hung on 2 cores before the ordering finish in a fresh process (without conftest's 8
+simulated devices, which change how the pool runs).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import pytest
+from helpers import unordered_lapack_calls
+
+import jaxlsq
+
+
+def every_output(r):
+    return jnp.sum(jnp.abs(r.x) ** 2) + jnp.sum(r.residuals) + jnp.sum(r.singular_values)
+
+
+def value_and_grad(solve):
+    return jax.value_and_grad(lambda a, b, w: every_output(solve(a, b, w)), argnums=(0, 1, 2))
+
+
+PROGRAMS = {
+    "solve": lambda a, b, w: jaxlsq.lstsq(a, b),
+    "gradients": value_and_grad(lambda a, b, w: jaxlsq.lstsq(a, b)),
+    "ridge": value_and_grad(lambda a, b, w: jaxlsq.lstsq(a, b, l2_regularizer=0.5)),
+    "weights": value_and_grad(lambda a, b, w: jaxlsq.lstsq(a, b, weights=w)),
+    "qr": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.lstsq(a, b, method="qr").x ** 2)),
+    "cholesky": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.lstsq(a, b, method="cholesky").x ** 2)),
+    # one method of a Factorization per program: methods used together are the caller's
+    # independent calls (see README, "Known issues")
+    "factorize_solve": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.factorize(a).solve(b) ** 2)),
+    "factorize_values": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.factorize(a).singular_values)),
+}
+
+
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+@pytest.mark.parametrize("shape", [(40, 6), (6, 40), (7, 6)], ids=["tall", "wide", "square"])
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_lapack_calls_of_a_batch_form_one_chain(program, shape, form):
+    if shape == (7, 6) and program not in ("gradients", "ridge"):
+        pytest.skip("near-square: one SVD, nothing to order beyond these two")
+    m, n = shape
+    a, b, w = jnp.ones((5, m, n)), jnp.ones((5, m, 2)), jnp.ones((5, m))
+    f = PROGRAMS[program]
+    if form == "vmap":
+        f = jax.vmap(f)
+    assert unordered_lapack_calls(f, a, b, w) == []
+
+
+def test_the_checker_sees_unordered_calls():
+    """Plain JAX: one QR feeding ormqr, an SVD and orgqr leaves three calls unordered."""
+
+    def three(a, b):
+        h, taus = jnp.linalg.qr(a, mode="raw")
+        h = jnp.swapaxes(h, -1, -2)
+        r = jnp.triu(h[..., :6, :])
+        q_b = jax.lax.linalg.ormqr(h, taus, b, left=True, transpose=True)
+        return q_b, jnp.linalg.svd(r, compute_uv=False), jax.lax.linalg.householder_product(h, taus)
+
+    assert len(unordered_lapack_calls(three, jnp.ones((5, 40, 6)), jnp.ones((5, 40, 2)))) == 3
+
+
+HUNG_BEFORE = """
+import jax, jax.numpy as jnp, numpy as np, jaxlsq
+
+rng = np.random.default_rng(0)
+a = jnp.asarray(rng.standard_normal((2000, 64, 8)), jnp.float32)
+b = jnp.asarray(rng.standard_normal((2000, 64, 2)), jnp.float32)
+w = jnp.ones((2000, 64), jnp.float32)
+
+def every_output(r):
+    return jnp.sum(r.x ** 2) + jnp.sum(r.residuals) + jnp.sum(r.singular_values)
+
+programs = {
+    "gradients": lambda a, b: every_output(jaxlsq.lstsq(a, b)),
+    "vmap": lambda a, b: every_output(jax.vmap(jaxlsq.lstsq)(a, b)),
+    "ridge": lambda a, b: every_output(jaxlsq.lstsq(a, b, l2_regularizer=0.5)),
+    "weights": lambda a, b: every_output(jaxlsq.lstsq(a, b, weights=w)),
+}
+for name, loss in programs.items():
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    for _ in range(3):
+        jax.block_until_ready(f(a, b))
+    print(name, "done", flush=True)
+"""
+
+
+def test_large_batched_gradients_finish():
+    """value_and_grad through every output of 2,000 64x8 float32 problems (the programs that
+    hung on 2 cores before the ordering), in a fresh process with the default thread pool."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(HUNG_BEFORE)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+    except subprocess.TimeoutExpired as err:
+        done = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else err.stdout
+        pytest.fail(f"hung (no result in 240 s); finished before the hang: {done!r}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [
+        w for name in ("gradients", "vmap", "ridge", "weights") for w in (name, "done")
+    ]

@@ -88,9 +88,13 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
     if kind is None:
         f = factorize(lax.stop_gradient(a))
         return factored_solve(a, f, b, rcond), f.s
-    h, taus, r = triangular_factor(lax.stop_gradient(a))
     b_const = lax.stop_gradient(b)
-    c = reflect_h(h, taus, b_const) if kind == "tall" else b_const  # (N or M) x K
+    if kind == "tall":  # R and c = Q^H b (N x K); Q is not needed after
+        h = taus = None
+        r, c = _factor_with(lax.stop_gradient(a), b_const)
+    else:
+        h, taus, r = triangular_factor(lax.stop_gradient(a))
+        c = b_const  # M x K
     r = after(r, c)  # every later LAPACK call on R waits for Q^H b (see _order)
     eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
     r_inv = _triangular_solve(r, eye)
@@ -126,6 +130,40 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
     t, v, z, s, full = lax.cond(certain, certified, uncertain, c)
     x = t if kind == "tall" else reflect(h, after(taus, t, x_core=1), t)
     return paired_solve(a, b, x, v, z, full), after(s, x, x_core=1)
+
+
+def _factor_with(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """R of a tall a and c = Q^H b's first N rows. With few right-hand sides (K <= N) and one per
+    problem of a, both come from one QR of [a, b]: its leading N x N block is R, the block beside
+    it c (the reflectors of a's columns reach b as Q^H does, and the later ones touch only rows
+    below N); that costs less than a QR and an ormqr call. Otherwise Q^H b by ormqr."""
+    n, k = a.shape[-1], b.shape[-1]
+    if k <= n and jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) == a.shape[:-2]:
+        return _augmented_qr(a, b)
+    return _qr_then_ormqr(a, b)
+
+
+def _qr_then_ormqr(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h, taus, r = triangular_factor(a)
+    return r, reflect_h(h, taus, b)
+
+
+@custom_vmap
+def _augmented_qr(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    n = a.shape[-1]
+    b = jnp.broadcast_to(b, (*a.shape[:-2], *b.shape[-2:]))
+    both = jnp.linalg.qr(jnp.concatenate([a, b], axis=-1), mode="r")
+    return both[..., :n, :n], both[..., :n, n:]
+
+
+@_augmented_qr.def_vmap
+def _augmented_qr_vmap_rule(axis_size, in_batched, a, b):
+    a_batched, b_batched = in_batched
+    if not a_batched:  # one a for every mapped b: factor it once, Q^H b over the folded columns
+        r, c = jax.vmap(lambda b: _qr_then_ormqr(a, b), out_axes=(None, 0))(b)
+        return (r, c), (False, True)
+    b = b if b_batched else jnp.broadcast_to(b, (axis_size, *b.shape))
+    return _augmented_qr(a, b), (True, True)
 
 
 def _values(r: jax.Array) -> jax.Array:

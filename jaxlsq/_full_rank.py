@@ -89,15 +89,16 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
         f = factorize(lax.stop_gradient(a))
         return factored_solve(a, f, b, rcond), f.s
     b_const = lax.stop_gradient(b)
-    if kind == "tall":  # R and c = Q^H b (N x K); Q is not needed after
+    if kind == "tall":  # R, c = Q^H b (N x K) and R^{-1}; Q is not needed after
+        r, c, r_inv = _tall_factor(lax.stop_gradient(a), b_const)
         h = taus = None
-        r, c = _factor_with(lax.stop_gradient(a), b_const)
     else:
         h, taus, r = triangular_factor(lax.stop_gradient(a))
+        r_inv = _inverse(r)
         c = b_const  # M x K
-    r = after(r, c)  # every later LAPACK call on R waits for Q^H b (see _order)
+    # Work on a alone comes first in the chain of LAPACK calls (see _order), so that a loop over
+    # right-hand sides with one a keeps it out of the loop (XLA hoists what does not change).
     eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
-    r_inv = _triangular_solve(r, eye)
 
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
         t = _triangular_solve(r, c) if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
@@ -132,38 +133,44 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
     return paired_solve(a, b, x, v, z, full), after(s, x, x_core=1)
 
 
-def _factor_with(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """R of a tall a and c = Q^H b's first N rows. With few right-hand sides (K <= N) and one per
-    problem of a, both come from one QR of [a, b]: its leading N x N block is R, the block beside
-    it c (the reflectors of a's columns reach b as Q^H does, and the later ones touch only rows
-    below N); that costs less than a QR and an ormqr call. Otherwise Q^H b by ormqr."""
-    n, k = a.shape[-1], b.shape[-1]
-    if k <= n and jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) == a.shape[:-2]:
-        return _augmented_qr(a, b)
-    return _qr_then_ormqr(a, b)
-
-
-def _qr_then_ormqr(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    h, taus, r = triangular_factor(a)
-    return r, reflect_h(h, taus, b)
+def _inverse(r: jax.Array) -> jax.Array:
+    """R^{-1} by a triangular solve."""
+    return _triangular_solve(r, jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape))
 
 
 @custom_vmap
-def _augmented_qr(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    n = a.shape[-1]
-    b = jnp.broadcast_to(b, (*a.shape[:-2], *b.shape[-2:]))
-    both = jnp.linalg.qr(jnp.concatenate([a, b], axis=-1), mode="r")
-    return both[..., :n, :n], both[..., :n, n:]
+def _tall_factor(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """R of a tall a, c = Q^H b's first N rows, and R^{-1}.
+
+    A batch of problems with few right-hand sides each (K <= N, b batched like a) takes R and c
+    from one QR of [a, b]: its leading N x N block is R, the block beside it c (the reflectors of
+    a's columns reach b as Q^H does; the later ones touch only rows below N). That costs less
+    than a QR and an ormqr call. One matrix factors a alone and applies Q^H by ormqr, after
+    R^{-1}: then a loop over right-hand sides with one a keeps a's factorization out of the loop.
+    """
+    n, k = a.shape[-1], b.shape[-1]
+    if a.ndim > 2 and k <= n and jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) == a.shape[:-2]:
+        b = jnp.broadcast_to(b, (*a.shape[:-2], *b.shape[-2:]))
+        both = jnp.linalg.qr(jnp.concatenate([a, b], axis=-1), mode="r")
+        r = both[..., :n, :n]
+        return r, both[..., :n, n:], _inverse(r)
+    return _factor_then_reflect(a, b)
 
 
-@_augmented_qr.def_vmap
-def _augmented_qr_vmap_rule(axis_size, in_batched, a, b):
+def _factor_then_reflect(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    h, taus, r = triangular_factor(a)
+    r_inv = _inverse(r)
+    return r, reflect_h(h, after(taus, r_inv, x_core=1), b), r_inv
+
+
+@_tall_factor.def_vmap
+def _tall_factor_vmap_rule(axis_size, in_batched, a, b):
     a_batched, b_batched = in_batched
     if not a_batched:  # one a for every mapped b: factor it once, Q^H b over the folded columns
-        r, c = jax.vmap(lambda b: _qr_then_ormqr(a, b), out_axes=(None, 0))(b)
-        return (r, c), (False, True)
+        outs = jax.vmap(lambda b: _factor_then_reflect(a, b), out_axes=(None, 0, None))(b)
+        return outs, (False, True, False)
     b = b if b_batched else jnp.broadcast_to(b, (axis_size, *b.shape))
-    return _augmented_qr(a, b), (True, True)
+    return _tall_factor(a, b), (True, True, True)  # a batch now: the joint QR where it fits
 
 
 def _values(r: jax.Array) -> jax.Array:

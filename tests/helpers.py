@@ -146,6 +146,14 @@ CALLED = re.compile(
 )
 
 
+def _callees(rest: str) -> list[str]:
+    """The computations an HLO instruction calls (fusions, branches, loop bodies)."""
+    names = []
+    for single, group in CALLED.findall(rest.split(", metadata=")[0]):
+        names += [single] if single else re.findall(r"%([\w.\-]+)", group)
+    return names
+
+
 def _computations(text: str) -> dict[str, list[tuple[str, str]]]:
     """HLO computations: name -> [(instruction name, the rest of its line)]."""
     found, current = {}, None
@@ -166,13 +174,7 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
     0.10's batched kernels can deadlock when such calls run at the same time (jaxlsq/_order.py).
     """
     comps = _computations(compiled(f, *args).as_text())
-
-    def callees(rest):
-        names = []
-        for single, group in CALLED.findall(rest.split(", metadata=")[0]):
-            names += [single] if single else re.findall(r"%([\w.\-]+)", group)
-        return names
-
+    callees = _callees
     memo = {}
 
     def calls_lapack(comp):
@@ -209,3 +211,23 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
                 if p not in ancestors[q] and q not in ancestors[p]:
                     pairs.append((p_kind, q_kind))
     return pairs
+
+
+def lapack_calls_in_loops(f, *args) -> list[str]:
+    """The LAPACK calls (targets) that the compiled program of f runs inside a while loop."""
+    comps = _computations(compiled(f, *args).as_text())
+    bodies = set()
+    for lines in comps.values():
+        for _, rest in lines:
+            if re.search(r"\) while\(|\] while\(", rest.split(", metadata=")[0]):
+                bodies.update(re.findall(r"(?:body|condition)=%([\w.\-]+)", rest))
+    found, seen, stack = [], set(), list(bodies)
+    while stack:
+        comp = stack.pop()
+        if comp in seen:
+            continue
+        seen.add(comp)
+        for _, rest in comps.get(comp, []):
+            found += LAPACK_CALL.findall(rest)
+            stack += _callees(rest)
+    return sorted(found)

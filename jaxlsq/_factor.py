@@ -153,7 +153,7 @@ def _householder_qr(a: jax.Array, explicit: bool) -> tuple[jax.Array, jax.Array 
     """
     if explicit or _ormqr is None:
         q, r = jnp.linalg.qr(a)
-        return q, None, r
+        return q, None, after(r, q)  # what uses R waits for Q (see _order)
     h, taus = jnp.linalg.qr(a, mode="raw")  # h is LAPACK's column-major output, transposed
     h = jnp.swapaxes(h, -1, -2)
     return h, taus, jnp.triu(h[..., : a.shape[-1], :])
@@ -169,10 +169,10 @@ def triangular_factor(
 def factor_of_triangular(kind: str, h: jax.Array, taus: jax.Array | None, r: jax.Array) -> Factor:
     """The factorization of a tall (kind "tall") or wide ("wide") a from triangular_factor's QR.
 
-    The LAPACK calls come in a chain (see _order): the SVD of R after the explicit Q, and every
-    later application of the reflectors after the SVD.
+    The LAPACK calls come in a chain (see _order): every later application of the reflectors
+    waits for the SVD (an explicit Q comes before R is used, see _householder_qr).
     """
-    u, s, vh = svd(r if taus is not None else after(r, h))
+    u, s, vh = svd(r)
     if taus is not None:
         taus = after(taus, s, x_core=1, y_core=1)
     if kind == "tall":  # a = Q R, R = U S V^H: left = Q U, right = V

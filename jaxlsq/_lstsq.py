@@ -105,12 +105,13 @@ def lstsq(
       :math:`A = U \Sigma V^H`, with :math:`\Sigma^+` inverting the kept singular values. As in
       LAPACK's ``gelsd``, a tall ``a`` (``M >= 2N``) is first reduced by Householder QR,
       :math:`A = QR`, and only the ``N x N`` factor ``R`` goes through the SVD (a wide one through
-      :math:`A^H`); ``Q`` is applied through its reflectors, never formed. For a single tall or
-      wide ``a`` (no batch dimensions, not under ``vmap``) the singular values of ``R`` are
-      computed first, without vectors; where the cutoff keeps all of them, ``x`` comes from ``R``
-      by a triangular solve (:math:`x = R^{-1} Q^H b`, or :math:`x = Q R^{-H} b` when wide), and
-      the SVD vectors are computed only where the rank is lower. Both branches give NumPy's
-      rank, singular values and ``x`` (to rounding) and the same derivatives.
+      :math:`A^H`); ``Q`` is applied through its reflectors, never formed. Where a bound from
+      :math:`R^{-1}` proves that the cutoff keeps every singular value (for one matrix, also where
+      the singular values of ``R`` alone show it), ``x`` comes from ``R`` by a triangular solve
+      (:math:`x = R^{-1} Q^H b`, or :math:`x = Q R^{-H} b` when wide), and the SVD vectors are
+      computed only where the rank may be lower. A batch (leading dimensions or ``vmap``) takes
+      one such decision for all its problems. Both branches give NumPy's rank, singular values
+      and ``x`` (to rounding) and the same derivatives.
 
       Derivatives (forward, reverse and higher order) come from custom JVP rules, not from
       differentiating the SVD. For ``x`` they implement the constant-rank derivative of the

@@ -31,9 +31,10 @@ def token(y: jax.Array, core: int) -> jax.Array:
     return 0 * jnp.where(jnp.isfinite(t), t, 0)
 
 
-def after(x: jax.Array, y: jax.Array, *, x_core: int = 2, y_core: int = 2) -> jax.Array:
-    """x, made to wait for y (both with x_core and y_core trailing non-batch dimensions)."""
-    return _after(x, token(y, y_core), x_core)
+def after(x: jax.Array | None, y: jax.Array, *, x_core: int = 2, y_core: int = 2):
+    """x, made to wait for y (both with x_core and y_core trailing non-batch dimensions); None
+    (no array, e.g. the reflectors' taus where JAX has no ormqr) stays None."""
+    return None if x is None else _after(x, token(y, y_core), x_core)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))

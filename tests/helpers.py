@@ -193,7 +193,7 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
             for name, rest in lines
         }
         nodes = [
-            (name, (LAPACK_CALL.search(rest) or re.match(r"\S+ (\w[\w-]*)", rest)).group(1))
+            (name, (LAPACK_CALL.search(rest) or re.search(r" ([a-z][\w-]*)\(", rest)).group(1))
             for name, rest in lines
             if LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in callees(rest))
         ]

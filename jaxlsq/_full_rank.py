@@ -20,10 +20,10 @@ caller does not use them. Otherwise the values alone (gesdd without vectors) dec
 
 The derivative is _svd_solve's rule through the pair (V, Z) of the tall a (or of a^H when wide),
 (A^H A)^+ = V Z^H. At full rank (I, (A^H A)^{-1}) is that pair in another gauge, and
-(A^H A)^{-1} = R^{-1} R^{-H} (A A^H = R^H R when wide) comes from two triangular solves; so one
-rule serves both branches, to any order. At full rank one term of the rule vanishes (the
-null-space term of a tall a, the residual term of a wide one); a lax.cond skips its O(M N K)
-products there.
+(A^H A)^{-1} = R^{-1} R^{-H} (A A^H = R^H R when wide) comes from R^{-1}, which the bound above
+needs anyway, by one more triangular solve; so one rule serves both branches, to any order. At
+full rank one term of the rule vanishes (the null-space term of a tall a, the residual term of a
+wide one); a lax.cond skips its O(M N K) products there.
 
 Batches (leading dimensions or vmap) take one decision for all their problems: a branch picked
 per problem would become a select that computes both. The batch takes the shortcut where the
@@ -88,6 +88,8 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
     if kind is None:
         f = factorize(lax.stop_gradient(a))
         return factored_solve(a, f, b, rcond), f.s
+    # Work on a alone comes first in the chain of LAPACK calls (see _order), so that a loop over
+    # right-hand sides with one a keeps it out of the loop (XLA hoists what does not change).
     b_const = lax.stop_gradient(b)
     if kind == "tall":  # R, c = Q^H b (N x K) and R^{-1}; Q is not needed after
         r, c, r_inv = _tall_factor(lax.stop_gradient(a), b_const)
@@ -96,12 +98,10 @@ def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array,
         h, taus, r = triangular_factor(lax.stop_gradient(a))
         r_inv = _inverse(r)
         c = b_const  # M x K
-    # Work on a alone comes first in the chain of LAPACK calls (see _order), so that a loop over
-    # right-hand sides with one a keeps it out of the loop (XLA hoists what does not change).
-    eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
 
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
         t = _triangular_solve(r, c) if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
+        eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
         z = _triangular_solve(after(r, t), adjoint(r_inv))
         return t, eye, z, values, jnp.ones((), bool)
 

@@ -211,23 +211,3 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
                 if p not in ancestors[q] and q not in ancestors[p]:
                     pairs.append((p_kind, q_kind))
     return pairs
-
-
-def lapack_calls_in_loops(f, *args) -> list[str]:
-    """The LAPACK calls (targets) that the compiled program of f runs inside a while loop."""
-    comps = _computations(compiled(f, *args).as_text())
-    bodies = set()
-    for lines in comps.values():
-        for _, rest in lines:
-            if re.search(r"\) while\(|\] while\(", rest.split(", metadata=")[0]):
-                bodies.update(re.findall(r"(?:body|condition)=%([\w.\-]+)", rest))
-    found, seen, stack = [], set(), list(bodies)
-    while stack:
-        comp = stack.pop()
-        if comp in seen:
-            continue
-        seen.add(comp)
-        for _, rest in comps.get(comp, []):
-            found += LAPACK_CALL.findall(rest)
-            stack += _callees(rest)
-    return sorted(found)

@@ -63,7 +63,8 @@ def lstsq(
       l2_regularizer: ``lam >= 0`` for ridge (Tikhonov) regression: ``x`` minimizes
         ``||a x - b||^2 + lam ||x||^2`` over the singular directions that ``rcond`` keeps, through
         the filter factors ``s / (s^2 + lam)``. ``None`` (the default) and ``0`` give the plain
-        minimum-norm solution (``0`` exactly so). A scalar, or an array that broadcasts against
+        minimum-norm solution (``0`` with the same rank, and the same outputs to rounding:
+        the plain solve may take a faster route). A scalar, or an array that broadcasts against
         the batch dimensions (one ``lam`` per problem, or many ``lam`` for one matrix: a
         regularization path from one SVD). May be traced and is differentiable. Negative or
         non-finite values raise where the value is known and give NaN in ``x`` and

@@ -182,6 +182,24 @@ def test_batch_gradients_match_each_member_s_svd_rule(kind, form):
                 assert_close(g[i], w, 1e-9, err_msg=f"{which} member {i}")
 
 
+@pytest.mark.parametrize("batch", [(), (3,)], ids=["single", "batch"])
+@pytest.mark.parametrize("k", [1, 6, 9], ids=["K=1", "K=N", "K>N"])
+def test_tall_right_hand_sides_with_the_joint_qr_or_ormqr(k, batch):
+    """K <= N takes R and Q^H b from one QR of [a, b], K > N applies Q^H by ormqr: NumPy's x,
+    rank and residuals either way, at full and lower rank, also for a b shared by a batch."""
+    rng = np.random.default_rng(10)
+    m, n = SHAPES["tall"]
+    for s in ([1, 0.8, 0.5, 0.3, 0.2, 0.1], SPREAD[:5] + [0.0]):
+        count = int(np.prod(batch))
+        a = np.stack([with_singular_values(rng, m, n, s) for _ in range(count)])
+        a = a.reshape(*batch, m, n)
+        for b in (randn(rng, (*batch, m, k)), randn(rng, (m, k))):
+            result = jax.jit(jaxlsq.lstsq)(a, b)
+            for i in np.ndindex(*batch):
+                member = jaxlsq.LstsqResult(*(out[i] for out in result))
+                assert_like_numpy(member, a[i], np.broadcast_to(b, (*batch, m, k))[i], None)
+
+
 @pytest.mark.parametrize("kind", SHAPES)
 def test_vmap_over_right_hand_sides_keeps_the_shortcut(kind):
     rng = np.random.default_rng(3)

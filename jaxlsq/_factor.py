@@ -136,6 +136,11 @@ class Basis(NamedTuple):
         ut = matmul(self.u, t)
         return ut if self.h is None else reflect(self.h, self.taus, ut)
 
+    def explicit(self) -> Basis:
+        """The same basis as one explicit matrix (Q u formed once), so that B^H y and B t are
+        single matrix products; LAPACK's ormqr re-forms the blocked reflectors on every call."""
+        return self if self.h is None else Basis(reflect(self.h, self.taus, self.u))
+
 
 class Factor(NamedTuple):
     """a = left diag(s) right^H with orthonormal left (M x k) and right (N x k), k = min(M, N)."""

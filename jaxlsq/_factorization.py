@@ -38,7 +38,9 @@ class Factorization(NamedTuple):
         Returns:
           ``x`` of shape ``(..., N)`` for a vector ``b``, ``(..., N, K)`` otherwise.
         """
-        return self._solve(self.a, self.factor, b, l2_regularizer, "jaxlsq.Factorization.solve")
+        return self._solve(
+            self.a, self.factor, b, l2_regularizer, "jaxlsq.Factorization.solve", ("a", "b")
+        )
 
     def solve_adjoint(self, c: ArrayLike) -> jax.Array:
         """``pinv(a^H) @ c`` for ``c`` of shape ``(N,)`` or ``(..., N, K)``: the minimum-norm
@@ -50,6 +52,7 @@ class Factorization(NamedTuple):
             c,
             None,
             "jaxlsq.Factorization.solve_adjoint",
+            ("a^H", "c"),
         )
 
     @property
@@ -64,16 +67,16 @@ class Factorization(NamedTuple):
         rank = jnp.sum(keep_mask(self.factor.s, self.rcond), axis=-1, dtype=jnp.int32)
         return jnp.where(self.finite, rank, 0)
 
-    def _solve(self, a, factor, b, lam, func):
-        plan = _validate.plan_lstsq(a, b, func)
+    def _solve(self, a, factor, b, lam, func, names):
+        plan = _validate.plan_lstsq(a, b, func, names)
         lam = _validate.check_l2_regularizer(lam, plan, func)
         lam = jnp.zeros((), jnp.finfo(a.dtype).dtype) if lam is None else lam
         valid = jnp.isfinite(lam) & (lam >= 0)
         if jnp.iscomplexobj(plan.b) and not jnp.iscomplexobj(a):
             raise TypeError(
-                f"{func}: b is complex ({plan.b.dtype}) but the factored matrix is real "
-                f"({a.dtype}); solve the real and imaginary parts of b separately, or factor a "
-                "complex matrix."
+                f"{func}: {names[1]} is complex ({plan.b.dtype}) but the factored matrix is "
+                f"real ({a.dtype}); solve the real and imaginary parts of {names[1]} separately, "
+                "or factor a complex matrix."
             )
         b = plan.b.astype(a.dtype)
         finite_b = jnp.all(jnp.isfinite(b), axis=-2)
@@ -131,4 +134,7 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
     finite = jnp.all(jnp.isfinite(a), axis=(-2, -1))
     a = jnp.where(finite[..., None, None], a, 0)
     rcond_eff = jnp.broadcast_to(rcond_eff, finite.shape)  # per problem, so vmap can stack it
-    return Factorization(a, _factor(lax.stop_gradient(a)), rcond_eff, finite)
+    f = _factor(lax.stop_gradient(a))
+    # Q U (or Q V for a wide a) formed once: each solve is then O(M N K) matrix products
+    f = Factor(f.left.explicit(), f.s, f.right.explicit())
+    return Factorization(a, f, rcond_eff, finite)

@@ -78,13 +78,18 @@ def effective_rcond(
     return jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, real), rcond)
 
 
-def plan_lstsq(a: ArrayLike, b: ArrayLike, func: str = "jaxlsq.lstsq") -> Plan:
-    """Checks a and b, promotes them and broadcasts nothing yet (the SVD runs on a's own batch)."""
+def plan_lstsq(
+    a: ArrayLike, b: ArrayLike, func: str = "jaxlsq.lstsq", names: tuple[str, str] = ("a", "b")
+) -> Plan:
+    """Checks a and b, promotes them and broadcasts nothing yet (the SVD runs on a's own batch).
+
+    names: what the messages call the two (solve_adjoint's are a^H and c)."""
+    an, bn = names
     a = as_matrix(a, func)
-    b = _as_array(b, "b", func)
+    b = _as_array(b, bn, func)
     if b.ndim < 1:
         raise ValueError(
-            f"{func}: b must have shape (M,), (M, K) or (..., M, K); got a scalar (shape ()). "
+            f"{func}: {bn} must have shape (M,), (M, K) or (..., M, K); got a scalar (shape ()). "
             "Pass one right-hand side as a vector of length M."
         )
     m = a.shape[-2]
@@ -92,8 +97,8 @@ def plan_lstsq(a: ArrayLike, b: ArrayLike, func: str = "jaxlsq.lstsq") -> Plan:
     b_rows = b.shape[0] if b_is_vector else b.shape[-2]
     if b_rows != m:
         raise ValueError(
-            f"{func}: b has {b_rows} rows but a has {m} (a has shape {a.shape}, b has shape "
-            f"{b.shape}); b must have shape ({m},) or (..., {m}, K)."
+            f"{func}: {bn} has {b_rows} rows but {an} has {m} ({an} has shape {a.shape}, {bn} "
+            f"has shape {b.shape}); {bn} must have shape ({m},) or (..., {m}, K)."
         )
     if b_is_vector:
         b = b[:, None]
@@ -101,8 +106,8 @@ def plan_lstsq(a: ArrayLike, b: ArrayLike, func: str = "jaxlsq.lstsq") -> Plan:
         batch_shape = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     except ValueError:
         raise ValueError(
-            f"{func}: the batch dimensions of a {a.shape[:-2]} and of b {b.shape[:-2]} do not "
-            f"broadcast (a has shape {a.shape}, b has shape {b.shape}); give them equal "
+            f"{func}: the batch dimensions of {an} {a.shape[:-2]} and of {bn} {b.shape[:-2]} do "
+            f"not broadcast ({an} has shape {a.shape}, {bn} has shape {b.shape}); give them equal "
             "leading dimensions, or 1 where one should be shared."
         ) from None
     dtype = result_dtype(a, b)

@@ -140,10 +140,16 @@ def collective_sizes(f, *args) -> list[tuple[str, int]]:
 
 
 LAPACK_CALL = re.compile(r'custom_call_target="(lapack_\w+)"')
+
 CALLED = re.compile(
     r"(?:calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)"
     r"|branch_computations=\{([^}]*)\}"
 )
+
+
+def lapack_calls(f, *args) -> list[str]:
+    """The LAPACK routines (CPU custom calls) in the compiled program of f(*args)."""
+    return LAPACK_CALL.findall(compiled(f, *args).as_text())
 
 
 def _callees(rest: str) -> list[str]:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, count_qrs, count_svds, low_rank, randn
+from helpers import assert_close, count_qrs, count_svds, lapack_calls, low_rank, randn
 from test_derivatives import CASES, problem
 
 import jaxlsq
@@ -60,6 +60,10 @@ def test_a_loop_of_solves_factors_once(shape):
     f = jaxlsq.factorize(a)
     later = lambda f, bs: jax.vmap(f.solve)(bs)  # noqa: E731
     assert count_svds(later, f, bs) == 0 and count_qrs(later, f, bs) == 0
+    # the kept factors are explicit: a solve is matrix products, no LAPACK call at all (on CPU)
+    c = randn(rng, (shape[1], 2))
+    both = lambda f, bs, c: (later(f, bs), f.solve_adjoint(c))  # noqa: E731
+    assert jax.default_backend() != "cpu" or lapack_calls(both, f, bs, c) == []
     assert_close(jax.lax.scan(lambda c, b: (c, f.solve(b)), 0, bs)[1], later(f, bs), 1e-14)
     # the derivative rules take their pairs from f's factors: a differentiated solve in a later
     # program factors nothing either, also at second order
@@ -68,6 +72,7 @@ def test_a_loop_of_solves_factors_once(shape):
     hessian_later = lambda f: jax.hessian(partial(loss, f))(f.a)  # noqa: E731
     for g in (grad_later, hessian_later):
         assert count_svds(g, f) == 0 and count_qrs(g, f) == 0
+        assert jax.default_backend() != "cpu" or lapack_calls(g, f) == []
     want = jax.grad(lambda a: jnp.sum(jaxlsq.lstsq(a, bs[0]).x ** 2))(a)
     assert_close(jax.jit(grad_later)(f), want, 1e-10)
 
@@ -114,8 +119,13 @@ def test_errors_and_non_finite():
         f.solve(np.ones(2))
     with pytest.raises(TypeError, match="Factorization.solve: b is complex"):
         f.solve(np.ones(3) * 1j)
-    with pytest.raises(ValueError, match="Factorization.solve_adjoint: b has 4 rows"):
+    with pytest.raises(ValueError, match=r"Factorization.solve_adjoint: c has 4 rows but a\^H"):
         f.solve_adjoint(np.ones(4))
+    wide = jaxlsq.factorize(np.ones((2, 5)))  # c has a's column count: the rows of a^H
+    with pytest.raises(ValueError, match=r"a\^H has shape \(5, 2\), c has shape \(2,\)"):
+        wide.solve_adjoint(np.ones(2))
+    with pytest.raises(TypeError, match="Factorization.solve_adjoint: c is complex"):
+        f.solve_adjoint(np.ones(3) * 1j)
     bad = jaxlsq.factorize(np.array([[1.0, np.nan], [0.0, 1.0]]))
     assert np.all(np.isnan(bad.solve(np.ones(2)))) and int(bad.rank) == 0
     assert np.all(np.isnan(bad.singular_values))

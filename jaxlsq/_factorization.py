@@ -24,7 +24,7 @@ class Factorization(NamedTuple):
     """
 
     a: jax.Array  # (..., M, N), the compute dtype; non-finite entries replaced by 0
-    factor: Factor  # a = left diag(s) right^H; carries no derivative (a does)
+    factor: Factor  # a = left diag(s) right^H, both bases explicit; no derivative (a has it)
     rcond: jax.Array  # the effective cut-off ratio
     finite: jax.Array  # (...) bool: a held only finite numbers
 

@@ -180,14 +180,13 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
     0.10's batched kernels can deadlock when such calls run at the same time (jaxlsq/_order.py).
     """
     comps = _computations(compiled(f, *args).as_text())
-    callees = _callees
     memo = {}
 
     def calls_lapack(comp):
         if comp not in memo:
             memo[comp] = False
             memo[comp] = any(
-                LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in callees(rest))
+                LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in _callees(rest))
                 for _, rest in comps.get(comp, [])
             )
         return memo[comp]
@@ -201,7 +200,7 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
         nodes = [
             (name, (LAPACK_CALL.search(rest) or re.search(r" ([a-z][\w-]*)\(", rest)).group(1))
             for name, rest in lines
-            if LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in callees(rest))
+            if LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in _callees(rest))
         ]
         ancestors = {}
         for name, _ in nodes:

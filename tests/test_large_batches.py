@@ -29,6 +29,11 @@ def value_and_grad(solve):
     return jax.value_and_grad(lambda a, b, w: every_output(solve(a, b, w)), argnums=(0, 1, 2))
 
 
+def both_solves(f, a, b):
+    """A solve and an adjoint solve of one kept factorization in one program."""
+    return jnp.sum(f.solve(b) ** 2) + jnp.sum(f.solve_adjoint(a[..., :1, :].mT) ** 2)
+
+
 PROGRAMS = {
     "solve": lambda a, b, w: jaxlsq.lstsq(a, b),
     "gradients": value_and_grad(lambda a, b, w: jaxlsq.lstsq(a, b)),
@@ -36,9 +41,10 @@ PROGRAMS = {
     "weights": value_and_grad(lambda a, b, w: jaxlsq.lstsq(a, b, weights=w)),
     "qr": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.lstsq(a, b, method="qr").x ** 2)),
     "cholesky": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.lstsq(a, b, method="cholesky").x ** 2)),
-    # one method of a Factorization per program: methods used together are the caller's
-    # independent calls (see README, "Known issues")
+    # a Factorization's solves are matrix products (no LAPACK call), so they mix freely; its
+    # differentiated singular values factor a again, a call of their own (README, "Known issues")
     "factorize_solve": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.factorize(a).solve(b) ** 2)),
+    "factorize_both_solves": jax.grad(lambda a, b, w: both_solves(jaxlsq.factorize(a), a, b)),
     "factorize_values": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.factorize(a).singular_values)),
 }
 

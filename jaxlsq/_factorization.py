@@ -59,7 +59,7 @@ class Factorization(NamedTuple):
     def singular_values(self) -> jax.Array:
         """All ``min(M, N)`` singular values, descending (NaN where ``a`` was not finite)."""
         s = singular_values_of(self.a, self.factor.s)
-        return jnp.where(self.finite[..., None], s, jnp.nan)
+        return s * _validate.nan_unless(self.finite)[..., None].astype(s.dtype)
 
     @property
     def rank(self) -> jax.Array:
@@ -80,10 +80,10 @@ class Factorization(NamedTuple):
             )
         b = plan.b.astype(a.dtype)
         finite_b = jnp.all(jnp.isfinite(b), axis=-2)
-        b = jnp.where(finite_b[..., None, :], b, 0)
+        b = _validate.zero_unless(b, finite_b[..., None, :])
         x = factored_ridge_solve(a, factor, b, self.rcond, jnp.where(valid, lam, 0))
         ok = (self.finite & valid)[..., None] & finite_b
-        x = jnp.where(ok[..., None, :], x, jnp.nan)
+        x = x * _validate.nan_unless(ok)[..., None, :].astype(x.dtype)
         return x[..., 0] if plan.b_is_vector else x
 
 
@@ -132,7 +132,7 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
         )
     rcond_eff = _validate.effective_rcond(rcond, dtype, work, m, n)
     finite = jnp.all(jnp.isfinite(a), axis=(-2, -1))
-    a = jnp.where(finite[..., None, None], a, 0)
+    a = _validate.zero_unless(a, finite[..., None, None])
     rcond_eff = jnp.broadcast_to(rcond_eff, finite.shape)  # per problem, so vmap can stack it
     f = _factor(lax.stop_gradient(a))
     # Q U (or Q V for a wide a) formed once: each solve is then O(M N K) matrix products

@@ -81,19 +81,26 @@ def _everyone_vmap_rule(axis_size, in_batched, flags):
     return _everyone(jnp.all(flags, axis=0) if in_batched[0] else flags), False
 
 
-def pinv_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
+def pinv_solve(
+    a: jax.Array, b: jax.Array, rcond: jax.Array, a_finite: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """x = A^+ b and a's singular values, for a (..., M, N) and b (..., M, K); b's batch
-    dimensions broadcast against a's."""
+    dimensions broadcast against a's.
+
+    a_finite (default a): a with its non-finite matrices zeroed, what the factorizations see.
+    The derivative takes a itself, whose non-finite entries then make it NaN.
+    """
     kind = reduction(a)
+    a_const = lax.stop_gradient(a if a_finite is None else a_finite)
     if kind is None:
-        f = factorize(lax.stop_gradient(a))
+        f = factorize(a_const)
         return factored_solve(a, f, b, rcond), f.s
     b_const = lax.stop_gradient(b)
     if kind == "tall":  # R, c = Q^H b (N x K) and R^{-1}; Q is not needed after
-        r, c, r_inv = _tall_factor(lax.stop_gradient(a), b_const)
+        r, c, r_inv = _tall_factor(a_const, b_const)
         h = taus = None
     else:
-        h, taus, r = triangular_factor(lax.stop_gradient(a))
+        h, taus, r = triangular_factor(a_const)
         r_inv = _inverse(r)
         c = b_const  # M x K
 

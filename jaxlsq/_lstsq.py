@@ -266,13 +266,18 @@ def _lstsq_core(
 ) -> tuple[jax.Array, ...]:
     """Solve on a's own batch shape; b's batch dimensions broadcast through the products.
 
-    Non-finite entries are replaced by zeros before the SVD (LAPACK may misbehave on them) and
-    the affected outputs are set to NaN afterwards.
+    Non-finite entries are replaced by zeros before the factorizations (LAPACK may misbehave on
+    them) and the affected outputs are multiplied by NaN afterwards; both steps make the
+    derivatives NaN there too (a select would pass zeros, a finite gradient of a NaN). The plain
+    solve's derivative and the residuals take the given a, not the masked copy: a non-finite a
+    then makes their products NaN by itself, and XLA need not keep a masked copy of an M x N
+    matrix in each layout its products want.
     """
     finite_a = jnp.all(jnp.isfinite(a), axis=(-2, -1))
     finite_b = jnp.all(jnp.isfinite(b), axis=-2)
-    a = jnp.where(finite_a[..., None, None], a, 0)
-    b = jnp.where(finite_b[..., None, :], b, 0)
+    a_given = a
+    a = _validate.zero_unless(a, finite_a[..., None, None])
+    b = _validate.zero_unless(b, finite_b[..., None, :])
     # Invalid options poison their problem: NaN in value and (multiplied in) in derivatives.
     options_ok = jnp.ones((), bool)
     # 0 * (the raw options): adds nothing to a valid answer, but ties a NaN answer to them so
@@ -299,7 +304,7 @@ def _lstsq_core(
             x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
             s = singular_values(root * a, x)
         elif lam is None:
-            x, s = pinv_solve(a, b, rcond)
+            x, s = pinv_solve(a_given, b, rcond, a_finite=a)
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)
@@ -318,10 +323,11 @@ def _lstsq_core(
         else:
             x, rank = cholesky_solve(a_m, b_m, jnp.zeros((), rcond.dtype) if lam is None else lam)
         s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
-    residuals = _squared_norms(b - matmul(a, x), w)
-    poison = jnp.where(options_ok, 1, jnp.nan) + tie
-    x = jnp.where(ok[..., None, :], x, jnp.nan) * poison[..., None, None].astype(x.dtype)
-    residuals = jnp.where(ok, residuals, jnp.nan) * poison[..., None]
-    s = jnp.where(finite_a[..., None], s, jnp.nan)
+    residuals = _squared_norms(b - matmul(a_given, x), w)
+    poison = _validate.nan_unless(options_ok) + tie
+    scale = _validate.nan_unless(ok) * poison[..., None]  # 1 where valid, multiplied in
+    x = x * scale[..., None, :].astype(x.dtype)
+    residuals = residuals * scale
+    s = s * _validate.nan_unless(finite_a)[..., None].astype(s.dtype)
     rank = jnp.where(finite_a, rank, 0)
     return x, residuals, rank, s

@@ -164,17 +164,17 @@ def _sharded_core(a, b, rcond, mesh, axis_name):
     def per_device(a, b, rcond):
         finite = jnp.all(lax.psum(jnp.sum(~jnp.isfinite(a)), axis_name) == 0)
         finite_b = lax.psum(jnp.sum(~jnp.isfinite(b), axis=0), axis_name) == 0  # (K,)
-        a = jnp.where(jnp.isfinite(a), a, 0)
-        b = jnp.where(jnp.isfinite(b), b, 0)
+        a = _validate.zero_unless(a, jnp.isfinite(a))  # NaN derivatives where not finite
+        b = _validate.zero_unless(b, jnp.isfinite(b))
         x = solve(a, b, rcond)
         r = b - matmul(a, x)
         residuals = lax.psum(_squared_norms(r), axis_name)
         s = _solve_blocks(lax.stop_gradient(a), lax.stop_gradient(b), rcond, axis_name)[1]
         rank = jnp.sum(keep_mask(s, rcond), dtype=jnp.int32)
         ok = finite & finite_b
-        x = jnp.where(ok[None, :], x, jnp.nan)
-        residuals = jnp.where(ok, residuals, jnp.nan)
-        s = jnp.where(finite, s, jnp.nan)
+        x = x * _validate.nan_unless(ok)[None, :].astype(x.dtype)  # multiplied: see _lstsq_core
+        residuals = residuals * _validate.nan_unless(ok).astype(residuals.dtype)
+        s = s * _validate.nan_unless(finite).astype(s.dtype)
         return x, residuals, jnp.where(finite, rank, 0), s
 
     mapped = _shard_map(

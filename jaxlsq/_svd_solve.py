@@ -232,7 +232,7 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
     def null_term():
         return ops.null(dah_times(ops.pinv_h_x()))
 
-    dx = ops.pinv(db - matmul(da, x))
+    dx = ops.pinv(db + matmul(da, -x))  # -x, not -(dA x): reverse mode negates N x K, not M x K
     if full is None:
         return dx + residual_term() + null_term()
     vanishing, other = (

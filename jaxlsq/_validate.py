@@ -215,3 +215,23 @@ def check_method(method: str, lam: jax.Array | None, func: str) -> None:
             f"{func}: method='qr' has no ridge term; got l2_regularizer. Use method='svd' (any "
             "rank) or method='cholesky' (well-conditioned problems) for ridge regression."
         )
+
+
+def nan_unless(ok: jax.Array) -> jax.Array:
+    """1 where ok, NaN elsewhere, to multiply an output by under jit: its derivatives are then
+    NaN too, where a select (jnp.where(ok, x, nan)) would pass zero cotangents, a finite gradient
+    for a NaN answer."""
+    return jnp.where(ok, 1.0, jnp.nan)
+
+
+@jax.custom_jvp
+def zero_unless(x: jax.Array, ok: jax.Array) -> jax.Array:
+    """x where ok (broadcast against x), 0 elsewhere, for LAPACK; the derivative is NaN
+    elsewhere, not the select's 0, so that a NaN answer has NaN derivatives."""
+    return jnp.where(ok, x, 0)
+
+
+@zero_unless.defjvp
+def _zero_unless_jvp(primals, tangents):
+    x, ok = primals
+    return zero_unless(x, ok), tangents[0] * nan_unless(ok).astype(x.dtype)

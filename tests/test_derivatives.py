@@ -326,3 +326,48 @@ def test_vmap_over_columns_of_b_is_one_svd_and_matches():
         rtol=1e-10,
         atol=1e-12,
     )
+
+
+NON_FINITE_OPTIONS = {
+    "svd": {},
+    "ridge": {"l2_regularizer": 0.1},
+    "weights": {"weights": np.linspace(0.5, 2.0, 12)},
+    "qr": {"method": "qr"},
+    "cholesky": {"method": "cholesky"},
+}
+
+
+@pytest.mark.parametrize("options", NON_FINITE_OPTIONS)
+@pytest.mark.parametrize("shape", [(12, 3), (12, 12), (12, 40)], ids=["tall", "square", "wide"])
+def test_non_finite_input_gives_nan_derivatives(shape, options):
+    """A NaN answer has NaN derivatives, never a finite gradient (a masked input once gave 0);
+    the other columns' b-derivatives and the batch's other problems keep theirs."""
+    kwargs = NON_FINITE_OPTIONS[options]
+    rng = np.random.default_rng(4)
+    a, b = randn(rng, shape), randn(rng, (shape[0], 2))
+    da, db = randn(rng, a.shape), randn(rng, b.shape)
+
+    def loss(a, b):
+        result = jaxlsq.lstsq(a, b, **kwargs)
+        return jnp.sum(result.x**2) + jnp.sum(result.residuals)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    tangent = jax.jit(
+        lambda a, b: jax.jvp(lambda a, b: jaxlsq.lstsq(a, b, **kwargs).x, (a, b), (da, db))[1]
+    )
+    a_bad, b_bad = a.copy(), b.copy()
+    a_bad[2, 1] = np.inf
+    b_bad[4, 1] = np.nan
+    ga, gb = grad(a_bad, b)
+    assert np.all(np.isnan(ga)) and np.all(np.isnan(gb))
+    assert np.all(np.isnan(tangent(a_bad, b)))
+    ga, gb = grad(a, b_bad)
+    assert np.all(np.isnan(ga)) and np.all(np.isnan(gb[:, 1])) and np.all(np.isfinite(gb[:, 0]))
+    dx = tangent(a, b_bad)
+    assert np.all(np.isnan(dx[:, 1])) and np.all(np.isfinite(dx[:, 0]))
+    if options != "weights":  # its weights are one vector for one matrix
+        good_a, good_b = grad(a, b)
+        batch_a, batch_b = grad(np.stack([a, a_bad]), np.stack([b, b]))
+        np.testing.assert_allclose(batch_a[0], good_a, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(batch_b[0], good_b, rtol=1e-9, atol=1e-12)
+        assert np.all(np.isnan(batch_a[1])) and np.all(np.isnan(batch_b[1]))

@@ -116,3 +116,9 @@ def test_errors_and_non_finite():
     a[5, 1] = np.nan
     out = jaxlsq.sharded_lstsq(a, np.ones(16), mesh=mesh, axis_name="rows")
     assert np.all(np.isnan(out.x)) and np.isnan(out.residuals[0]) and int(out.rank) == 0
+    # a NaN answer has NaN derivatives (a select would give a zero gradient)
+    loss = lambda a, b: jnp.sum(  # noqa: E731
+        jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows").x ** 2
+    )
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, np.ones(16))
+    assert all(np.all(np.isnan(g)) for g in grads)

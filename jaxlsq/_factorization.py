@@ -110,7 +110,8 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
       :func:`jaxlsq.lstsq` (first and higher order). The rules build their factor pairs from
       the stored factors, so a differentiated solve, also in a later ``jit`` than
       ``factorize``, factors ``a`` no second time. Float16 and
-      bfloat16 are solved in float32. Non-finite entries in ``a`` make every output NaN (rank 0).
+      bfloat16 are solved in float32. Non-finite entries in ``a`` make every output NaN (rank 0),
+      and their derivatives NaN too.
 
     Example:
       >>> import jax.numpy as jnp, jaxlsq

@@ -164,8 +164,9 @@ def lstsq(
       and bfloat16 inputs are solved in float32 and returned in their own dtype; NaN or inf in
       ``a`` gives NaN in ``x``, ``residuals`` and ``singular_values`` and rank 0, NaN or inf in a
       column of ``b`` gives NaN in that column of ``x`` and its residual (NumPy raises or returns
-      garbage). Differences from :func:`jax.numpy.linalg.lstsq`: the cutoff drops
-      ``s <= rcond * s_max`` like NumPy (jnp keeps ``s >= rcond * s_max``), ``rcond <= 0`` or
+      garbage); the derivatives of a NaN output are NaN too, never a finite gradient.
+      Differences from :func:`jax.numpy.linalg.lstsq`: the cutoff drops ``s <= rcond * s_max``
+      like NumPy (jnp keeps ``s >= rcond * s_max``), ``rcond <= 0`` or
       ``>= 1`` follow LAPACK, ``rank`` is int32 like NumPy, and the derivatives are defined at
       every rank (jnp's are NaN or wrong at repeated or zero singular values).
 

@@ -59,7 +59,7 @@ class Factorization(NamedTuple):
     def singular_values(self) -> jax.Array:
         """All ``min(M, N)`` singular values, descending (NaN where ``a`` was not finite)."""
         s = singular_values_of(self.a, self.factor.s)
-        return s * _validate.nan_unless(self.finite)[..., None].astype(s.dtype)
+        return s * _validate.nan_unless(self.finite)[..., None]
 
     @property
     def rank(self) -> jax.Array:
@@ -83,7 +83,7 @@ class Factorization(NamedTuple):
         b = _validate.zero_unless(b, finite_b[..., None, :])
         x = factored_ridge_solve(a, factor, b, self.rcond, jnp.where(valid, lam, 0))
         ok = (self.finite & valid)[..., None] & finite_b
-        x = x * _validate.nan_unless(ok)[..., None, :].astype(x.dtype)
+        x = x * _validate.nan_unless(ok)[..., None, :]
         return x[..., 0] if plan.b_is_vector else x
 
 

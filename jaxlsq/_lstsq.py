@@ -329,6 +329,6 @@ def _lstsq_core(
     scale = _validate.nan_unless(ok) * poison[..., None]  # 1 where valid, multiplied in
     x = x * scale[..., None, :].astype(x.dtype)
     residuals = residuals * scale
-    s = s * _validate.nan_unless(finite_a)[..., None].astype(s.dtype)
+    s = s * _validate.nan_unless(finite_a)[..., None]
     rank = jnp.where(finite_a, rank, 0)
     return x, residuals, rank, s

@@ -172,9 +172,9 @@ def _sharded_core(a, b, rcond, mesh, axis_name):
         s = _solve_blocks(lax.stop_gradient(a), lax.stop_gradient(b), rcond, axis_name)[1]
         rank = jnp.sum(keep_mask(s, rcond), dtype=jnp.int32)
         ok = finite & finite_b
-        x = x * _validate.nan_unless(ok)[None, :].astype(x.dtype)  # multiplied: see _lstsq_core
-        residuals = residuals * _validate.nan_unless(ok).astype(residuals.dtype)
-        s = s * _validate.nan_unless(finite).astype(s.dtype)
+        x = x * _validate.nan_unless(ok)[None, :]  # multiplied: see _lstsq_core
+        residuals = residuals * _validate.nan_unless(ok)
+        s = s * _validate.nan_unless(finite)
         return x, residuals, jnp.where(finite, rank, 0), s
 
     mapped = _shard_map(

@@ -220,7 +220,7 @@ def check_method(method: str, lam: jax.Array | None, func: str) -> None:
 def nan_unless(ok: jax.Array) -> jax.Array:
     """1 where ok, NaN elsewhere, to multiply an output by under jit: its derivatives are then
     NaN too, where a select (jnp.where(ok, x, nan)) would pass zero cotangents, a finite gradient
-    for a NaN answer."""
+    for a NaN answer. Weakly typed, so the product keeps the other factor's dtype."""
     return jnp.where(ok, 1.0, jnp.nan)
 
 
@@ -234,4 +234,4 @@ def zero_unless(x: jax.Array, ok: jax.Array) -> jax.Array:
 @zero_unless.defjvp
 def _zero_unless_jvp(primals, tangents):
     x, ok = primals
-    return zero_unless(x, ok), tangents[0] * nan_unless(ok).astype(x.dtype)
+    return zero_unless(x, ok), tangents[0] * nan_unless(ok)

@@ -96,19 +96,19 @@ def pinv_solve(
         f = factorize(a_const)
         return factored_solve(a, f, b, rcond), f.s
     b_const = lax.stop_gradient(b)
-    if kind == "tall":  # R, c = Q^H b (N x K) and R^{-1}; Q is not needed after
-        r, c, r_inv = _tall_factor(a_const, b_const)
+    if kind == "tall":  # R, c = Q^H b (N x K), R^{-1} and R^{-1} c; Q is not needed after
+        r, c, r_inv, r_inv_c = _tall_factor(a_const, b_const)
         h = taus = None
     else:
         h, taus, r = triangular_factor(a_const)
         r_inv = _inverse(r)
         c = b_const  # M x K
+        r_inv_c = None
 
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
-        t = _triangular_solve(r, c) if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
-        eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
+        t = r_inv_c if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
         z = _triangular_solve(after(r, t), adjoint(r_inv))
-        return t, eye, z, values, jnp.ones((), bool)
+        return t, _eye_like(r), z, values, jnp.ones((), bool)
 
     def svd_branch(c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
         u, s, vh = svd(r)
@@ -140,12 +140,16 @@ def pinv_solve(
 
 def _inverse(r: jax.Array) -> jax.Array:
     """R^{-1} by a triangular solve."""
-    return _triangular_solve(r, jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape))
+    return _triangular_solve(r, _eye_like(r))
+
+
+def _eye_like(r: jax.Array) -> jax.Array:
+    return jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
 
 
 @custom_vmap
-def _tall_factor(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """R of a tall a, c = Q^H b's first N rows, and R^{-1}.
+def _tall_factor(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """R of a tall a, c = Q^H b's first N rows, R^{-1} and R^{-1} c.
 
     With few right-hand sides (K <= N) and b batched like a, R and c come from one QR of [a, b]:
     its leading N x N block is R, the block beside it c (the reflectors of a's columns reach b as
@@ -159,25 +163,29 @@ def _tall_factor(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.
     if k <= n and jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) == a.shape[:-2]:
         b = jnp.broadcast_to(b, (*a.shape[:-2], *b.shape[-2:]))
         both = jnp.linalg.qr(jnp.concatenate([a, b], axis=-1), mode="r")
-        r = both[..., :n, :n]
-        return r, both[..., :n, n:], _inverse(r)
+        r, c = both[..., :n, :n], both[..., :n, n:]
+        solved = _triangular_solve(r, jnp.concatenate([_eye_like(r), c], axis=-1))
+        return r, c, solved[..., :n], solved[..., n:]
     return _factor_then_reflect(a, b)
 
 
-def _factor_then_reflect(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _factor_then_reflect(
+    a: jax.Array, b: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     h, taus, r = triangular_factor(a)
     r_inv = _inverse(r)
-    return r, reflect_h(h, after(taus, r_inv, x_core=1), b), r_inv
+    c = reflect_h(h, after(taus, r_inv, x_core=1), b)
+    return r, c, r_inv, _triangular_solve(r, c)
 
 
 @_tall_factor.def_vmap
 def _tall_factor_vmap_rule(axis_size, in_batched, a, b):
     a_batched, b_batched = in_batched
     if not a_batched:  # one a for every mapped b: factor it once, Q^H b over the folded columns
-        outs = jax.vmap(lambda b: _factor_then_reflect(a, b), out_axes=(None, 0, None))(b)
-        return outs, (False, True, False)
+        outs = jax.vmap(lambda b: _factor_then_reflect(a, b), out_axes=(None, 0, None, 0))(b)
+        return outs, (False, True, False, True)
     b = b if b_batched else jnp.broadcast_to(b, (axis_size, *b.shape))
-    return _tall_factor(a, b), (True, True, True)
+    return _tall_factor(a, b), (True, True, True, True)
 
 
 def _values(r: jax.Array) -> jax.Array:

@@ -23,6 +23,10 @@ class System:
     name: str
     make_primal: Callable  # (a, b) -> zero-argument callable returning x
     make_grad: Callable | None = None  # (a, b) -> zero-argument callable, or None
+    # The worker threads the system runs on (XLA's with jaxlib's LAPACK, NumPy's and SciPy's
+    # own OpenBLAS copies, torch's). Idle workers spin for a while after a call and slow
+    # whatever runs next on another pool: the harness times each pool's systems together.
+    pool: str = "jax"
 
 
 def _jax_system(name: str, solve: Callable) -> System:
@@ -64,12 +68,17 @@ def available() -> tuple[list[System], list[str]]:
         _jax_system("jaxlsq(qr)", lambda a, b: jaxlsq.lstsq(a, b, method="qr").x),
         _jax_system("jaxlsq(cholesky)", lambda a, b: jaxlsq.lstsq(a, b, method="cholesky").x),
         _jax_system("jnp.linalg.lstsq", lambda a, b: jnp.linalg.lstsq(a, b)[0]),
-        System("numpy.linalg.lstsq", _host_loop(lambda a, b: np.linalg.lstsq(a, b, rcond=None)[0])),
+        System(
+            "numpy.linalg.lstsq",
+            _host_loop(lambda a, b: np.linalg.lstsq(a, b, rcond=None)[0]),
+            pool="numpy",
+        ),
         System(
             "scipy.linalg.lstsq(gelsd)",
             _host_loop(
                 lambda a, b: scipy.linalg.lstsq(a, b, lapack_driver="gelsd", check_finite=False)[0]
             ),
+            pool="scipy",
         ),
     ]
     skipped = []
@@ -146,7 +155,12 @@ def _torch_systems() -> list[System]:
 
         # torch differentiates gels (QR) only; its other drivers have no backward
         systems.append(
-            System(f"torch({driver})", make_primal, make_grad if driver == "gels" else None)
+            System(
+                f"torch({driver})",
+                make_primal,
+                make_grad if driver == "gels" else None,
+                pool="torch",
+            )
         )
     return systems
 

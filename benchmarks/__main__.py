@@ -112,7 +112,8 @@ def progress(text: str) -> None:
 def run(cases, dtypes, rounds, budget_s) -> tuple[list[dict], list[str]]:
     systems, skipped = available()
     pool_of = {system.name: system.pool for system in systems}
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # the problems: the same whatever systems are installed
+    order = np.random.default_rng(1)  # the order of the calls
     rows = []
     cells = [(c, d) for c in cases for d in dtypes]
     for i, (case, dtype) in enumerate(cells, 1):
@@ -150,8 +151,8 @@ def run(cases, dtypes, rounds, budget_s) -> tuple[list[dict], list[str]]:
             progress(
                 f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: round {r + 1}/{rounds}"
             )
-            for p in rng.permutation(len(pools)):  # interleaved, in a new order every round
-                keys = [pools[p][j] for j in rng.permutation(len(pools[p]))]
+            for p in order.permutation(len(pools)):  # interleaved, in a new order every round
+                keys = [pools[p][j] for j in order.permutation(len(pools[p]))]
                 settle(calls[keys[0]])
                 for key in keys:
                     times[key].append(timed(calls[key]))

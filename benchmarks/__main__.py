@@ -3,6 +3,8 @@
 Inside one process, for every case (shape, dtype) and every system: compile and warm up, then
 time repeated rounds with the systems interleaved, and report the median, the ratio to
 jnp.linalg.lstsq's median, and the accuracy (max relative error of x against float64 NumPy).
+Writes a Markdown table to stdout, results.json and ratios.png (when matplotlib is installed)
+to --out.
 
 Each round takes the thread pools (JAX's, NumPy's OpenBLAS, SciPy's, torch's) in a random order,
 and each pool's systems in a random order, back to back. A pool's turn starts with SETTLE_S of
@@ -10,8 +12,6 @@ untimed calls: the previous pool's idle workers stop spinning meanwhile (OpenBLA
 about 0.1 s after a call), and this pool's are awake and running. Measured on 2 cores: a jaxlsq
 solve timed straight after NumPy's lstsq took 1.85x its time after another jaxlsq solve, and a
 200x50 torch solve after 0.2 s idle 12 ms, where it takes 0.3-1 ms after 0.2 s of its own calls.
-Writes a Markdown table to stdout, results.json and ratios.png (when matplotlib is installed)
-to --out.
 """
 
 from __future__ import annotations

@@ -143,10 +143,10 @@ def run(cases, dtypes, rounds, budget_s) -> tuple[list[dict], list[str]]:
                 accuracy[name] = relative_error(out, x_ref)
         times = {key: [] for key in calls}
         start = time.perf_counter()
-        pools = {}
+        by_pool = {}
         for key in calls:
-            pools.setdefault(pool_of[key[0]], []).append(key)
-        pools = list(pools.values())
+            by_pool.setdefault(pool_of[key[0]], []).append(key)
+        pools = list(by_pool.values())
         for r in range(rounds):
             progress(
                 f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: round {r + 1}/{rounds}"

@@ -63,15 +63,17 @@ class Factorization(NamedTuple):
 
     @property
     def rank(self) -> jax.Array:
-        """The number of singular values above the cutoff, int32 (0 where ``a`` was not finite)."""
+        """The number of singular values above the cutoff, int32 (0 where ``a`` was not finite,
+        or where a traced ``rcond`` was not)."""
         rank = jnp.sum(keep_mask(self.factor.s, self.rcond), axis=-1, dtype=jnp.int32)
         return jnp.where(self.finite, rank, 0)
 
     def _solve(self, a, factor, b, lam, func, names):
         plan = _validate.plan_lstsq(a, b, func, names)
         lam = _validate.check_l2_regularizer(lam, plan, func)
+        _validate.batch_with(plan, func, lam, None)  # a clear error where lam does not broadcast
         lam = jnp.zeros((), jnp.finfo(a.dtype).dtype) if lam is None else lam
-        valid = jnp.isfinite(lam) & (lam >= 0)
+        valid = jnp.isfinite(lam) & (lam >= 0) & jnp.isfinite(self.rcond)
         if jnp.iscomplexobj(plan.b) and not jnp.iscomplexobj(a):
             raise TypeError(
                 f"{func}: {names[1]} is complex ({plan.b.dtype}) but the factored matrix is "

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 from . import _validate
 from ._factor import matmul
 from ._full_rank import pinv_solve
-from ._methods import cholesky_solve, qr_solve
+from ._methods import cholesky_solve, weighted_qr_solve
 from ._svd_solve import keep_mask, ridge_solve, singular_values, singular_values_of, weighted_solve
 
 
@@ -57,8 +57,11 @@ def lstsq(
         single vector only when ``b.ndim == 1``; batch dimensions of ``a`` and ``b`` broadcast.
       rcond: cut-off ratio for small singular values: ``s_i <= rcond * s_max`` are treated as
         zero. ``None`` (the default) means ``eps * max(M, N)`` with ``eps`` the machine epsilon
-        of the input dtype. Following LAPACK's ``gelsd`` (which NumPy calls), a value ``<= 0`` or
-        ``>= 1`` means ``eps / 2``. May be a traced scalar under ``jit``; changing it does not
+        of the input dtype (NumPy solves float32 input in float64 and takes float64's eps, so a
+        float32 rank can differ from NumPy's; jax.numpy keeps the input's eps too). Following
+        LAPACK's ``gelsd`` (which NumPy calls), a finite value ``<= 0`` or ``>= 1`` means
+        ``eps / 2``. NaN or inf raises; under ``jit``, where it cannot, ``x`` and ``residuals``
+        are NaN and ``rank`` is 0. May be a traced scalar under ``jit``; changing it does not
         recompile.
       l2_regularizer: ``lam >= 0`` for ridge (Tikhonov) regression: ``x`` minimizes
         ``||a x - b||^2 + lam ||x||^2`` over the singular directions that ``rcond`` keeps, through
@@ -81,8 +84,9 @@ def lstsq(
       method: ``"svd"`` (the default: any rank, NumPy's semantics), ``"qr"`` (Householder QR of
         ``a``, or of ``a^H`` when wide: full column or row rank assumed, the minimum-norm answer)
         or ``"cholesky"`` (the normal equations: full rank and ``eps * cond(a)^2 <= 1e-3``
-        assumed; ridge allowed). Both are faster than the SVD and differentiate correctly under
-        their assumption. They check it on their own factor; where it fails ``x`` and
+        assumed; ridge allowed; ``rcond`` is not used, its own check decides). Both are faster
+        than the SVD and differentiate correctly under their assumption (in the weights too, at
+        zero weights of a tall ``a``). They check it on their own factor; where it fails ``x`` and
         ``residuals`` are NaN (and so are their derivatives), never a finite wrong answer. They
         compute no singular values (``singular_values`` is NaN) and report ``rank`` as
         ``min(M, N)`` where the check passes and an estimate below it where it fails (see
@@ -192,12 +196,12 @@ def lstsq(
     _validate.check_method(method, lam, func)
     batch_shape = _validate.batch_with(plan, func, lam, w)
     if numpy_resid:
-        _check_numpy_resid(plan, rcond, batch_shape)
+        _check_numpy_resid(plan, rcond, lam, w, batch_shape)
     m, n = plan.a.shape[-2:]
     k = plan.b.shape[-1]
     rcond_eff = _validate.effective_rcond(rcond, plan.dtype, plan.compute_dtype, m, n)
     if m == 0 or n == 0:
-        x, residuals, rank, s = _empty(plan, lam, w)
+        x, residuals, rank, s = _empty(plan, rcond_eff, lam, w)
     else:
         x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff, lam, w, method)
     x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)
@@ -213,9 +217,13 @@ def lstsq(
 
 
 def _check_numpy_resid(
-    plan: _validate.Plan, rcond: ArrayLike | None, batch_shape: tuple[int, ...]
+    plan: _validate.Plan,
+    rcond: ArrayLike | None,
+    lam: jax.Array | None,
+    w: jax.Array | None,
+    batch_shape: tuple[int, ...],
 ) -> None:
-    if not _validate.is_concrete(plan.a, plan.b, rcond):
+    if not _validate.is_concrete(plan.a, plan.b, rcond, lam, w):
         raise ValueError(
             "jaxlsq.lstsq: numpy_resid=True needs concrete values, but was called under a JAX "
             "transformation (jit, vmap, grad, ...), where the residuals' shape cannot depend on "
@@ -231,19 +239,20 @@ def _check_numpy_resid(
 
 
 def _empty(
-    plan: _validate.Plan, lam: jax.Array | None, w: jax.Array | None
+    plan: _validate.Plan, rcond: jax.Array, lam: jax.Array | None, w: jax.Array | None
 ) -> tuple[jax.Array, ...]:
     """M == 0 or N == 0: x = 0, rank 0, no singular values, residuals ||b||^2 (as NumPy), weighted
-    with w; NaN where lam or w is invalid."""
+    with w; x and residuals NaN where rcond, lam or w is invalid."""
     a, b = plan.a, plan.b
     n = a.shape[-1]
-    x = jnp.zeros((n, b.shape[-1]), a.dtype)
-    residuals = _squared_norms(b, w)
+    valid = jnp.isfinite(rcond)
     if w is not None:
-        valid = jnp.all(jnp.isfinite(w) & (w >= 0), axis=-1)
-        residuals = residuals * jnp.where(valid, 1, jnp.nan)[..., None]
+        valid = valid & jnp.all(jnp.isfinite(w) & (w >= 0), axis=-1)
     if lam is not None:
-        residuals = residuals * jnp.where(jnp.isfinite(lam) & (lam >= 0), 1, jnp.nan)[..., None]
+        valid = valid & jnp.isfinite(lam) & (lam >= 0)
+    scale = _validate.nan_unless(valid)[..., None]  # (..., 1): one factor per problem
+    x = jnp.zeros((n, b.shape[-1]), a.dtype) * scale[..., None, :]
+    residuals = _squared_norms(b, w) * scale
     rank = jnp.zeros(a.shape[:-2], jnp.int32)
     s = jnp.zeros((*a.shape[:-2], 0), jnp.finfo(a.dtype).dtype)
     return x, residuals, rank, s
@@ -279,8 +288,9 @@ def _lstsq_core(
     a_given = a
     a = _validate.zero_unless(a, finite_a[..., None, None])
     b = _validate.zero_unless(b, finite_b[..., None, :])
-    # Invalid options poison their problem: NaN in value and (multiplied in) in derivatives.
-    options_ok = jnp.ones((), bool)
+    # Invalid options poison their problem: NaN in value and (multiplied in) in derivatives. A
+    # non-finite rcond (traced: effective_rcond made it NaN) poisons every problem.
+    options_ok = jnp.isfinite(rcond)
     # 0 * (the raw options): adds nothing to a valid answer, but ties a NaN answer to them so
     # that its derivatives in lam and w are NaN too (the masked options carry none).
     tie = jnp.zeros((), rcond.dtype)
@@ -312,17 +322,19 @@ def _lstsq_core(
             s = singular_values(a, x)
         rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
     else:  # no SVD: singular values are not computed (NaN), rank is the method's estimate
-        a_m, b_m = (a, b) if root is None else (root * a, root * b)
         # LAPACK's triangular solves take equal batch dimensions: broadcast them first
         lam_shape = () if lam is None else lam.shape
-        batch = jnp.broadcast_shapes(a_m.shape[:-2], b_m.shape[:-2], lam_shape)
-        a_m = jnp.broadcast_to(a_m, (*batch, *a_m.shape[-2:]))
-        b_m = jnp.broadcast_to(b_m, (*batch, *b_m.shape[-2:]))
+        w_shape = () if w is None else w.shape[:-1]
+        batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2], lam_shape, w_shape)
+        a_m = jnp.broadcast_to(a, (*batch, *a.shape[-2:]))
+        b_m = jnp.broadcast_to(b, (*batch, *b.shape[-2:]))
+        w_m = None if w is None else jnp.broadcast_to(w, (*batch, w.shape[-1]))
         lam = None if lam is None else jnp.broadcast_to(lam, batch)
         if method == "qr":
-            x, rank = qr_solve(a_m, b_m, rcond)
+            x, rank = weighted_qr_solve(a_m, b_m, w_m, rcond)
         else:
-            x, rank = cholesky_solve(a_m, b_m, jnp.zeros((), rcond.dtype) if lam is None else lam)
+            lam = jnp.zeros((), rcond.dtype) if lam is None else lam
+            x, rank = cholesky_solve(a_m, b_m, lam, w_m)
         s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
     residuals = _squared_norms(b - matmul(a_given, x), w)
     poison = _validate.nan_unless(options_ok) + tie
@@ -330,5 +342,5 @@ def _lstsq_core(
     x = x * scale[..., None, :].astype(x.dtype)
     residuals = residuals * scale
     s = s * _validate.nan_unless(finite_a)[..., None]
-    rank = jnp.where(finite_a, rank, 0)
+    rank = jnp.where(finite_a & jnp.isfinite(rcond), rank, 0)
     return x, residuals, rank, s

@@ -63,16 +63,71 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
     return _flag(x, holds), rank
 
 
-def cholesky_solve(a: jax.Array, b: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """x from the normal equations (A^H A + lam) x = A^H b, or x = A^H (A A^H + lam)^{-1} b when
-    wide (the minimum-norm answer); and the rank estimate."""
+def weighted_qr_solve(
+    a: jax.Array, b: jax.Array, w: jax.Array | None, rcond: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """qr_solve of (W^{1/2} a, W^{1/2} b) for row weights w (..., M) (None: unweighted).
+
+    A tall a takes its derivative in w from the weighted normal equations (_weighted_tall_qr),
+    finite at zero weights, where the chain rule through sqrt(w) would be infinite. A wide one
+    keeps the plain rule: there every weight must be positive for full row rank (a zero weight
+    fails the check), and the answer does not depend on the weights.
+    """
+    if w is None:
+        return qr_solve(a, b, rcond)
+    root = _root(w, a.dtype)
+    rank = qr_solve(lax.stop_gradient(root * a), lax.stop_gradient(root * b), rcond)[1]
+    if a.shape[-2] < a.shape[-1]:
+        return qr_solve(root * a, root * b, rcond)[0], rank
+    return _weighted_tall_qr(a, b, w, rcond), rank
+
+
+def _root(w: jax.Array, dtype) -> jax.Array:
+    """sqrt(w) as a column (..., M, 1) of a's dtype, to scale the rows of a and b."""
+    return jnp.sqrt(w)[..., None].astype(dtype)
+
+
+@jax.custom_jvp
+def _weighted_tall_qr(a: jax.Array, b: jax.Array, w: jax.Array, rcond: jax.Array) -> jax.Array:
+    root = _root(w, a.dtype)
+    return qr_solve(root * a, root * b, rcond)[0]
+
+
+@_weighted_tall_qr.defjvp
+def _weighted_tall_qr_jvp(primals, tangents):
+    """JAX's QR rule in (a, b) at fixed weights; in w, dx = (A^H W A)^{-1} A^H dW r with the
+    unweighted residual r = b - A x, through R of W^{1/2} A: (A^H W A)^{-1} = R^{-1} R^{-H}."""
+    a, b, w, rcond = primals
+    da, db, dw, _ = tangents
+    root = _root(w, a.dtype)
+    x, dx = jax.jvp(lambda a, b: qr_solve(root * a, root * b, rcond)[0], (a, b), (da, db))
+    y = matmul(adjoint(a), dw[..., None].astype(a.dtype) * (b - matmul(a, x)))
+    _, r = jnp.linalg.qr(root * a)  # the solve's own QR (XLA computes it once)
+    r = after(r, x)  # after the solve's triangular solve (see _order)
+    t = lax.linalg.triangular_solve(
+        r, y, left_side=True, lower=False, transpose_a=True, conjugate_a=True
+    )
+    return x, dx + lax.linalg.triangular_solve(r, t, left_side=True, lower=False)
+
+
+def cholesky_solve(
+    a: jax.Array, b: jax.Array, lam: jax.Array, w: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """x from the normal equations (A^H W A + lam) x = A^H W b, or the minimum-norm
+    x = (W^{1/2} A)^H (W^{1/2} A A^H W^{1/2} + lam)^{-1} W^{1/2} b when wide; and the rank
+    estimate. Row weights w (..., M) (None: unweighted) enter a tall problem's Gram matrix as W
+    itself, so that its derivative in w stays finite at zero weights."""
     m, n = a.shape[-2:]
-    ah = adjoint(a)
     tall = m >= n
-    gram = matmul(ah, a) if tall else matmul(a, ah)
+    if w is not None and not tall:
+        root = _root(w, a.dtype)
+        a, b = root * a, root * b
+    ah = adjoint(a)
+    weighted = (lambda y: y) if w is None or not tall else (lambda y: w[..., None] * y)
+    gram = matmul(ah, weighted(a)) if tall else matmul(a, ah)
     gram = gram + lam[..., None, None].astype(a.dtype) * jnp.eye(gram.shape[-1], dtype=a.dtype)
     chol = jnp.linalg.cholesky(gram)
-    rhs = matmul(ah, b) if tall else b
+    rhs = matmul(ah, weighted(b)) if tall else b
     y = lax.linalg.triangular_solve(chol, rhs, left_side=True, lower=True)
     z = lax.linalg.triangular_solve(
         chol, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True

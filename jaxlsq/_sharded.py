@@ -20,6 +20,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -27,7 +28,7 @@ from jax.typing import ArrayLike
 
 from . import _validate
 from ._factor import Basis, Factor, adjoint, matmul
-from ._lstsq import LstsqResult, _squared_norms
+from ._lstsq import LstsqResult, _squared_norms, lstsq
 from ._svd_solve import _apply_pinv, _kept_power, keep_mask
 
 # jax.shard_map in newer JAX, jax.experimental.shard_map before. The outputs are replicated by
@@ -118,7 +119,8 @@ def sharded_lstsq(
       ``psum`` of ``N K``-sized blocks in the derivative. Second derivatives go through JAX's
       QR and SVD rules inside the first-order rule: right only where those are (full-rank
       blocks, distinct singular values), NaN or wrong elsewhere, and not tested.
-      Batches are not taken here: shard a batch of problems with :func:`jaxlsq.lstsq` instead.
+      Leading batch dimensions are not taken here (shard a batch of problems with
+      :func:`jaxlsq.lstsq` instead); under ``vmap`` each mapped problem's rows are split.
 
     References:
       J. Demmel, L. Grigori, M. Hoemmen and J. Langou, "Communication-optimal parallel and
@@ -127,16 +129,26 @@ def sharded_lstsq(
     func = "jaxlsq.sharded_lstsq"
     plan = _validate.plan_lstsq(a, b, func)
     _validate.check_rcond(rcond, func)
-    if plan.a.ndim != 2:
-        raise ValueError(
-            f"{func}: a must be one matrix (M, N); got shape {plan.a.shape}. For a batch of "
-            "problems, shard the batch axis and call jaxlsq.lstsq."
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"{func}: mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}. Build one "
+            "over the devices the rows go to, e.g. jax.sharding.Mesh(jax.devices(), ('rows',))."
         )
-    if axis_name not in mesh.axis_names:
+    for name, x in (("a", plan.a), ("b", plan.b)):
+        if x.ndim != 2:
+            want = "one matrix (M, N)" if name == "a" else "a vector (M,) or a matrix (M, K)"
+            raise ValueError(
+                f"{func}: {name} must be {want}; got shape {np.shape(a if name == 'a' else b)}. "
+                "For a batch of problems, shard the batch axis and call jaxlsq.lstsq."
+            )
+    if not isinstance(axis_name, str) or axis_name not in mesh.axis_names:
         raise ValueError(
-            f"{func}: axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}."
+            f"{func}: axis_name must be the name (a string) of one axis of the mesh, one of "
+            f"{mesh.axis_names}; got {axis_name!r}. The rows are split over that one axis."
         )
     m, n = plan.a.shape
+    if m == 0 or n == 0:  # nothing to split: lstsq's empty answer (x = 0, rank 0)
+        return lstsq(a, b, rcond)
     devices = mesh.shape[axis_name]
     if m % devices:
         raise ValueError(
@@ -146,8 +158,10 @@ def sharded_lstsq(
         )
     rcond_eff = _validate.effective_rcond(rcond, plan.dtype, plan.compute_dtype, m, n)
     rows = NamedSharding(mesh, P(axis_name))
-    a_s = jax.device_put(plan.a, rows)
-    b_s = jax.device_put(plan.b, rows)
+    # a sharding constraint rather than device_put: under vmap its batching rule leaves the
+    # mapped axis whole and splits the rows
+    a_s = lax.with_sharding_constraint(plan.a, rows)
+    b_s = lax.with_sharding_constraint(plan.b, rows)
     x, residuals, rank, s = _sharded_core(a_s, b_s, rcond_eff, mesh, axis_name)
     x = x.astype(plan.dtype)
     if plan.b_is_vector:
@@ -171,7 +185,7 @@ def _sharded_core(a, b, rcond, mesh, axis_name):
         residuals = lax.psum(_squared_norms(r), axis_name)
         s = _solve_blocks(lax.stop_gradient(a), lax.stop_gradient(b), rcond, axis_name)[1]
         rank = jnp.sum(keep_mask(s, rcond), dtype=jnp.int32)
-        ok = finite & finite_b
+        ok = finite & finite_b & jnp.isfinite(rcond)  # a traced non-finite rcond: all NaN
         x = x * _validate.nan_unless(ok)[None, :]  # multiplied: see _lstsq_core
         residuals = residuals * _validate.nan_unless(ok)
         s = s * _validate.nan_unless(finite)

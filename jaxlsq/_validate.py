@@ -24,7 +24,7 @@ class Plan(NamedTuple):
     compute_dtype: np.dtype  # what the SVD runs in
 
 
-def _as_array(x: ArrayLike, name: str, func: str) -> jax.Array:
+def _dtype_of(x: ArrayLike, name: str, func: str) -> np.dtype:
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         try:
@@ -34,7 +34,11 @@ def _as_array(x: ArrayLike, name: str, func: str) -> jax.Array:
                 f"{func}: {name} must be an array of numbers; got {type(x).__name__} that "
                 f"NumPy cannot convert ({err})."
             ) from None
-    dtype = np.dtype(dtype)
+    return np.dtype(dtype)
+
+
+def _as_array(x: ArrayLike, name: str, func: str) -> jax.Array:
+    dtype = _dtype_of(x, name, func)
     if not (dtype == np.bool_ or jnp.issubdtype(dtype, jnp.number)):
         raise TypeError(
             f"{func}: {name} has dtype {dtype}, which is not numeric; pass a boolean, integer, "
@@ -69,13 +73,16 @@ def effective_rcond(
     """The cutoff ratio NumPy (through LAPACK's gelsd) uses, as a scalar of the real compute dtype.
 
     eps is the input dtype's: a float16 matrix carries float16 rounding, however it is solved.
+    A non-finite rcond (only possible under jit: check_rcond refuses it otherwise) stays NaN,
+    which the solvers turn into NaN outputs.
     """
     eps = float(jnp.finfo(dtype).eps)
     real = jnp.finfo(compute_dtype).dtype
     if rcond is None:
         return jnp.asarray(eps * max(m, n), real)
     rcond = jnp.asarray(rcond, real)
-    return jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, real), rcond)
+    lapack = jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, real), rcond)
+    return jnp.where(jnp.isfinite(rcond), lapack, jnp.asarray(jnp.nan, real))
 
 
 def plan_lstsq(
@@ -118,17 +125,23 @@ def plan_lstsq(
 def check_rcond(rcond: ArrayLike | None, func: str = "jaxlsq.lstsq") -> None:
     if rcond is None:
         return
+    dtype = _dtype_of(rcond, "rcond", func)
     shape = np.shape(rcond)
     if shape != ():
         raise ValueError(
             f"{func}: rcond must be a scalar (or None); got an array of shape {shape}. "
             "Pass one cut-off ratio for all problems of a batch."
         )
-    dtype = np.dtype(getattr(rcond, "dtype", None) or np.asarray(rcond).dtype)
     if jnp.issubdtype(dtype, jnp.complexfloating) or not (
         jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_
     ):
         raise TypeError(f"{func}: rcond must be a real number or None; got dtype {dtype}.")
+    if is_concrete(rcond) and not np.isfinite(np.asarray(rcond, np.float64)):
+        raise ValueError(
+            f"{func}: rcond must be finite (or None); got {np.asarray(rcond)}. Pass a cut-off "
+            "ratio in (0, 1), a value <= 0 or >= 1 for LAPACK's eps / 2, or None for the default "
+            "eps * max(M, N)."
+        )
 
 
 def is_concrete(*arrays: jax.Array) -> bool:
@@ -138,7 +151,7 @@ def is_concrete(*arrays: jax.Array) -> bool:
 
 def _real_array(x: ArrayLike, name: str, plan: Plan, func: str, what: str) -> jax.Array:
     """x as an array of the real compute dtype, with a clear error where a value is invalid."""
-    dtype = np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype)
+    dtype = _dtype_of(x, name, func)
     if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_) or jnp.issubdtype(
         dtype, jnp.complexfloating
     ):
@@ -170,6 +183,7 @@ def check_weights(weights: ArrayLike | None, plan: Plan, func: str) -> jax.Array
     if weights is None:
         return None
     m = plan.a.shape[-2]
+    _dtype_of(weights, "weights", func)  # a clear error for ragged lists before np.shape
     shape = np.shape(weights)
     if len(shape) < 1 or shape[-1] != m:
         raise ValueError(

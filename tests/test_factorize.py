@@ -132,6 +132,19 @@ def test_errors_and_non_finite():
     assert np.all(np.isnan(f.solve(np.array([1.0, np.inf, 1.0]))))
 
 
+def test_option_errors_and_a_traced_non_finite_rcond():
+    f = jaxlsq.factorize(np.ones((3, 4, 2)) + np.eye(4, 2))
+    with pytest.raises(ValueError, match="jaxlsq.Factorization.solve: l2_regularizer has shape"):
+        f.solve(np.ones((3, 4, 1)), l2_regularizer=np.ones(4))
+    with pytest.raises(ValueError, match="jaxlsq.factorize: rcond must be finite"):
+        jaxlsq.factorize(np.eye(3), rcond=np.nan)
+    a = np.diag([1.0, 0.5, 1e-3])
+    x, rank = jax.jit(lambda r: (lambda f: (f.solve(np.ones(3)), f.rank))(jaxlsq.factorize(a, r)))(
+        jnp.nan
+    )
+    assert np.all(np.isnan(x)) and int(rank) == 0
+
+
 def test_stacked_by_vmap_and_used_outside_and_the_other_way():
     rng = np.random.default_rng(4)
     a = randn(rng, (4, 5, 3))

@@ -421,6 +421,33 @@ def test_rcond_errors():
         match=re.escape("jaxlsq.lstsq: rcond must be a real number or None; got dtype complex128"),
     ):
         jaxlsq.lstsq(np.eye(2), np.ones(2), 1j)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match=re.escape("jaxlsq.lstsq: rcond must be finite")):
+            jaxlsq.lstsq(np.eye(2), np.ones(2), bad)
+    for name, options in (
+        ("weights", {"weights": [[1.0, 1.0], [1.0]]}),
+        ("l2_regularizer", {"l2_regularizer": [[1.0], [1.0, 2.0]]}),
+        ("rcond", {"rcond": [[1e-3], [1e-3, 1.0]]}),
+    ):
+        with pytest.raises(TypeError, match=re.escape(f"jaxlsq.lstsq: {name} must be an array")):
+            jaxlsq.lstsq(np.eye(2), np.ones(2), **options)
+
+
+def test_a_traced_non_finite_rcond_gives_nan_never_a_finite_answer():
+    a, b = np.diag([1.0, 0.5, 1e-3]), np.ones((3, 2))
+    for bad in (jnp.nan, jnp.inf):
+        out = jax.jit(jaxlsq.lstsq)(a, b, bad)
+        assert np.all(np.isnan(out.x)) and np.all(np.isnan(out.residuals))
+        assert int(out.rank) == 0
+        np.testing.assert_allclose(out.singular_values, [1.0, 0.5, 1e-3], rtol=1e-15)  # no cutoff
+        grads = jax.jit(jax.grad(lambda a, b, r: jnp.sum(jaxlsq.lstsq(a, b, r).x ** 2), (0, 1)))(
+            a, b, bad
+        )
+        assert all(np.all(np.isnan(g)) for g in grads)
+    empty = jax.jit(jaxlsq.lstsq)(np.ones((3, 0)), np.ones(3), jnp.nan)
+    assert np.all(np.isnan(empty.residuals)) and empty.x.shape == (0,)
+    empty = jax.jit(jaxlsq.lstsq)(np.ones((0, 2)), np.ones(0), jnp.nan)
+    assert np.all(np.isnan(empty.x))
 
 
 def test_numpy_resid_rejects_batches():

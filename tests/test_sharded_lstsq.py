@@ -108,10 +108,20 @@ def test_errors_and_non_finite():
     mesh = mesh_of(8)
     with pytest.raises(ValueError, match="jaxlsq.sharded_lstsq: a has 12 rows, which do not split"):
         jaxlsq.sharded_lstsq(np.ones((12, 2)), np.ones(12), mesh=mesh, axis_name="rows")
-    with pytest.raises(ValueError, match="axis_name 'cols' is not an axis of the mesh"):
+    with pytest.raises(ValueError, match=r"one of \('rows',\); got 'cols'"):
         jaxlsq.sharded_lstsq(np.ones((16, 2)), np.ones(16), mesh=mesh, axis_name="cols")
+    with pytest.raises(ValueError, match=r"axis_name must be the name \(a string\)"):
+        jaxlsq.sharded_lstsq(np.ones((16, 2)), np.ones(16), mesh=mesh, axis_name=("rows",))
+    with pytest.raises(TypeError, match="jaxlsq.sharded_lstsq: mesh must be a jax.sharding.Mesh"):
+        jaxlsq.sharded_lstsq(np.ones((16, 2)), np.ones(16), mesh=jax.devices(), axis_name="rows")
     with pytest.raises(ValueError, match=r"a must be one matrix \(M, N\); got shape \(2, 16, 2\)"):
         jaxlsq.sharded_lstsq(np.ones((2, 16, 2)), np.ones((2, 16, 1)), mesh=mesh, axis_name="rows")
+    with pytest.raises(ValueError, match=r"b must be a vector \(M,\) or a matrix \(M, K\)"):
+        jaxlsq.sharded_lstsq(np.ones((16, 2)), np.ones((2, 16, 1)), mesh=mesh, axis_name="rows")
+    with pytest.raises(ValueError, match="jaxlsq.sharded_lstsq: rcond must be finite"):
+        jaxlsq.sharded_lstsq(
+            np.ones((16, 2)), np.ones(16), mesh=mesh, axis_name="rows", rcond=np.nan
+        )
     a = np.random.default_rng(2).standard_normal((16, 3))
     a[5, 1] = np.nan
     out = jaxlsq.sharded_lstsq(a, np.ones(16), mesh=mesh, axis_name="rows")
@@ -122,3 +132,26 @@ def test_errors_and_non_finite():
     )
     grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, np.ones(16))
     assert all(np.all(np.isnan(g)) for g in grads)
+
+
+def test_empty_problems_vmap_and_a_traced_non_finite_rcond():
+    mesh = mesh_of(8)
+    rng = np.random.default_rng(4)
+    for shape in ((16, 0), (0, 3)):  # nothing to split: lstsq's empty answer
+        out = jaxlsq.sharded_lstsq(np.ones(shape), np.ones(shape[0]), mesh=mesh, axis_name="rows")
+        want = jaxlsq.lstsq(np.ones(shape), np.ones(shape[0]))
+        for g, w in zip(out, want):
+            np.testing.assert_array_equal(g, w)
+    # vmap maps over problems: the mapped axis stays whole, each problem's rows are split
+    a, b = rng.standard_normal((2, 16, 3)), rng.standard_normal((2, 16))
+    got = jax.vmap(lambda a, b: jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows"))(a, b)
+    want = jaxlsq.lstsq(a, b[..., None])
+    assert_close(got.x, want.x[..., 0], 1e-12)
+    np.testing.assert_array_equal(got.rank, want.rank)
+    # a NaN rcond under jit cannot raise: every answer is NaN, never a finite one
+    solve = jax.jit(
+        lambda r: jaxlsq.sharded_lstsq(a[0], b[0], mesh=mesh, axis_name="rows", rcond=r)
+    )
+    out = solve(jnp.nan)
+    assert np.all(np.isnan(out.x)) and np.isnan(out.residuals[0]) and int(out.rank) == 0
+    assert_close(solve(0.0).x, want.x[0, :, 0], 1e-12)

@@ -192,6 +192,23 @@ def test_empty_a_weights_the_residuals_and_flags_invalid_options():
     assert np.isnan(bad_w.residuals[0])
     bad_lam = jax.jit(lambda lam: jaxlsq.lstsq(a0, b, l2_regularizer=lam))(-1.0)
     assert np.isnan(bad_lam.residuals[0])
+    # with columns but no rows, x = 0 is the answer, and NaN where an option is invalid
+    a_rows0, b0 = jnp.zeros((0, 3)), jnp.zeros(0)
+    ok = jax.jit(lambda lam: jaxlsq.lstsq(a_rows0, b0, l2_regularizer=lam))(1.0)
+    np.testing.assert_array_equal(ok.x, np.zeros(3))
+    for lam in (jnp.nan, jnp.inf, -1.0):
+        bad = jax.jit(lambda lam: jaxlsq.lstsq(a_rows0, b0, l2_regularizer=lam))(lam)
+        assert np.all(np.isnan(bad.x)) and np.isnan(bad.residuals[0])
+
+
+def test_numpy_resid_needs_concrete_options():
+    a, b = np.eye(3), np.ones(3)
+    for options in (
+        lambda v: {"weights": jnp.ones(3) * v},
+        lambda v: {"l2_regularizer": v},
+    ):
+        with pytest.raises(ValueError, match="numpy_resid=True needs concrete values"):
+            jax.vmap(lambda v: jaxlsq.lstsq(a, b, numpy_resid=True, **options(v)).x)(jnp.ones(2))
 
 
 def test_invalid_weights_under_jit_give_nan_gradients():

@@ -131,7 +131,15 @@ def lstsq(
       it, or a zero singular value becoming nonzero), :math:`A^+` is discontinuous and no
       derivative exists; the returned derivative is then the one of the constant-rank
       extension: dropped singular directions stay dropped, which is the derivative along every
-      rank-preserving perturbation and a finite, well-defined choice for the others. The residuals'
+      rank-preserving perturbation and a finite, well-defined choice for the others. The rule
+      treats the dropped values as zero, so it is exact where they are (an exactly rank-deficient
+      ``a``, or values at rounding level, which is what the default ``rcond`` drops). Where a
+      larger ``rcond`` drops values that are not small (truncated-SVD regularization), ``x`` is
+      the smooth truncated solution :math:`V_k \Sigma_k^{-1} U_k^H b`, whose exact derivative
+      has further terms, of relative size up to about ``s_dropped / (s_kept - s_dropped)``, that
+      the rule leaves out (``jnp.linalg.pinv``'s rule does the same). For the same reason the
+      second derivative at an exactly rank-deficient ``a`` is exact along rank-preserving
+      directions but not symmetric along directions that lift a zero value. The residuals'
       derivative follows by the chain rule. Singular values use
       :math:`ds_i = \mathrm{Re}(u_i^H\, dA\, v_i)`: their derivative where values are distinct and
       nonzero; where values repeat only directional derivatives exist, and the rule is exact for

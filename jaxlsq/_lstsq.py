@@ -211,7 +211,10 @@ def lstsq(
     if m == 0 or n == 0:
         x, residuals, rank, s = _empty(plan, rcond_eff, lam, w)
     else:
-        x, residuals, rank, s = _lstsq_core(plan.a, plan.b, rcond_eff, lam, w, method)
+        # no right-hand sides: solve for one zero column (for rank and singular values), keep none
+        b_work = plan.b if k else jnp.zeros((*plan.b.shape[:-1], 1), plan.b.dtype)
+        x, residuals, rank, s = _lstsq_core(plan.a, b_work, rcond_eff, lam, w, method)
+        x, residuals = x[..., :k], residuals[..., :k]
     x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)
     residuals = jnp.broadcast_to(residuals, (*batch_shape, k))
     residuals = residuals.astype(jnp.finfo(plan.dtype).dtype)

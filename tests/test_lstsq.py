@@ -333,6 +333,21 @@ def test_empty_like_numpy(a_shape, b_shape, transform):
         assert result.rank.shape == (2,) and result.singular_values.shape == (2, 0)
 
 
+@pytest.mark.parametrize("shape", [(8, 3), (3, 8), (4, 3), (2, 8, 3)])
+def test_no_right_hand_sides_like_numpy(shape):
+    """K = 0: x (..., N, 0) and residuals (..., 0), with a's rank and singular values."""
+    a = np.random.default_rng(5).standard_normal(shape)
+    b = np.zeros((*shape[:-1], 0))
+    for solve in (jaxlsq.lstsq, jax.jit(jaxlsq.lstsq)):
+        out = solve(a, b)
+        assert out.x.shape == (*shape[:-2], shape[-1], 0)
+        assert out.residuals.shape == (*shape[:-2], 0)
+        for i in np.ndindex(*shape[:-2]):
+            _, _, rank, s = np.linalg.lstsq(a[i], b[i], rcond=None)
+            assert int(out.rank[i]) == rank
+            np.testing.assert_allclose(out.singular_values[i], s, rtol=1e-12)
+
+
 def test_empty_gradients_are_zero_and_finite():
     a, b = np.ones((5, 0)), np.arange(5.0)
     grads = jax.grad(lambda a, b: jaxlsq.lstsq(a, b).residuals.sum(), argnums=(0, 1))(a, b)

@@ -77,7 +77,9 @@ def lstsq(
         ``(sqrt(w) a, sqrt(w) b)``. A zero weight drops its row exactly; ``rank`` and
         ``singular_values`` are those of ``sqrt(w) a`` and ``residuals`` the weighted ones,
         ``sum_i w_i |b_i - a_i x|^2``. Batch dimensions broadcast like ``a``'s. Differentiable in
-        ``w`` at any ``w >= 0`` (first order; second order through ``w``, and the derivative of
+        ``w`` at any ``w >= 0`` (first order; except ``method="cholesky"`` on a wide ``a`` with
+        ``l2_regularizer``, whose derivative in a zero weight is NaN; second order through ``w``,
+        and the derivative of
         ``singular_values`` in ``w``, need all ``w > 0`` and are NaN, not wrong, where a weight
         is exactly 0). Negative or non-finite weights raise
         where the value is known and make that problem's outputs NaN (rank 0) under ``jit``.

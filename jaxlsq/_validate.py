@@ -24,15 +24,15 @@ class Plan(NamedTuple):
     compute_dtype: np.dtype  # what the SVD runs in
 
 
-def _dtype_of(x: ArrayLike, name: str, func: str) -> np.dtype:
+def _dtype_of(x: ArrayLike, name: str, func: str, what: str = "an array of numbers") -> np.dtype:
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         try:
             dtype = np.asarray(x).dtype
         except Exception as err:  # ragged lists and other things NumPy cannot read
             raise TypeError(
-                f"{func}: {name} must be an array of numbers; got {type(x).__name__} that "
-                f"NumPy cannot convert ({err})."
+                f"{func}: {name} must be {what}; got {type(x).__name__} that NumPy cannot "
+                f"convert ({err})."
             ) from None
     return np.dtype(dtype)
 
@@ -80,9 +80,15 @@ def effective_rcond(
     real = jnp.finfo(compute_dtype).dtype
     if rcond is None:
         return jnp.asarray(eps * max(m, n), real)
-    rcond = jnp.asarray(rcond, real)
-    lapack = jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, real), rcond)
-    return jnp.where(jnp.isfinite(rcond), lapack, jnp.asarray(jnp.nan, real))
+    if is_concrete(rcond):  # the rule in float64, before a cast could overflow (1e39 in float32)
+        r = float(np.asarray(rcond, np.float64))
+        value = r if 0 < r < 1 else (eps / 2 if np.isfinite(r) else np.nan)
+        return jnp.asarray(value, real)
+    rcond = jnp.asarray(rcond)  # traced: the rule in its own dtype, then the cast
+    if not jnp.issubdtype(rcond.dtype, jnp.floating):
+        rcond = rcond.astype(real)
+    lapack = jnp.where((rcond <= 0) | (rcond >= 1), jnp.asarray(eps / 2, rcond.dtype), rcond)
+    return jnp.where(jnp.isfinite(rcond), lapack, jnp.nan).astype(real)
 
 
 def plan_lstsq(
@@ -125,7 +131,7 @@ def plan_lstsq(
 def check_rcond(rcond: ArrayLike | None, func: str = "jaxlsq.lstsq") -> None:
     if rcond is None:
         return
-    dtype = _dtype_of(rcond, "rcond", func)
+    dtype = _dtype_of(rcond, "rcond", func, "a real number")
     shape = np.shape(rcond)
     if shape != ():
         raise ValueError(

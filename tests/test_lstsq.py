@@ -444,8 +444,18 @@ def test_rcond_errors():
         ("l2_regularizer", {"l2_regularizer": [[1.0], [1.0, 2.0]]}),
         ("rcond", {"rcond": [[1e-3], [1e-3, 1.0]]}),
     ):
-        with pytest.raises(TypeError, match=re.escape(f"jaxlsq.lstsq: {name} must be an array")):
+        what = "a real number" if name == "rcond" else "an array"
+        with pytest.raises(TypeError, match=re.escape(f"jaxlsq.lstsq: {name} must be {what}")):
             jaxlsq.lstsq(np.eye(2), np.ones(2), **options)
+
+
+def test_an_rcond_beyond_float32_s_range_follows_lapack_s_rule():
+    """1e39 is finite, so >= 1 means eps / 2 (as NumPy), though float32 cannot hold it."""
+    a, b = np.diag([1.0, 0.5, 1e-3]).astype(np.float32), np.ones(3, np.float32)
+    for r in (1e39, -1e39):
+        out = jaxlsq.lstsq(a, b, r)
+        assert int(out.rank) == 3 and np.all(np.isfinite(out.x))
+        assert int(jaxlsq.factorize(a, r).rank) == 3
 
 
 def test_a_traced_non_finite_rcond_gives_nan_never_a_finite_answer():

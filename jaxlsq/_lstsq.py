@@ -79,10 +79,9 @@ def lstsq(
         ``sum_i w_i |b_i - a_i x|^2``. Batch dimensions broadcast like ``a``'s. Differentiable in
         ``w`` at any ``w >= 0`` (first order; except ``method="cholesky"`` on a wide ``a`` with
         ``l2_regularizer``, whose derivative in a zero weight is NaN; second order through ``w``,
-        and the derivative of
-        ``singular_values`` in ``w``, need all ``w > 0`` and are NaN, not wrong, where a weight
-        is exactly 0). Negative or non-finite weights raise
-        where the value is known and make that problem's outputs NaN (rank 0) under ``jit``.
+        and the derivative of ``singular_values`` in ``w``, need all ``w > 0`` and are NaN, not
+        wrong, where a weight is exactly 0). Negative or non-finite weights raise where the
+        value is known and make that problem's outputs NaN (rank 0) under ``jit``.
       method: ``"svd"`` (the default: any rank, NumPy's semantics), ``"qr"`` (Householder QR of
         ``a``, or of ``a^H`` when wide: full column or row rank assumed, the minimum-norm answer)
         or ``"cholesky"`` (the normal equations: full rank and ``eps * cond(a)^2 <= 1e-3``

@@ -212,8 +212,7 @@ def lstsq(
     if m == 0 or n == 0:
         x, residuals, rank, s = _empty(plan, rcond_eff, lam, w)
     else:
-        # no right-hand sides: solve for one zero column (for rank and singular values), keep none
-        b_work = plan.b if k else jnp.zeros((*plan.b.shape[:-1], 1), plan.b.dtype)
+        b_work = _validate.some_column(plan.b)
         x, residuals, rank, s = _lstsq_core(plan.a, b_work, rcond_eff, lam, w, method)
         x, residuals = x[..., :k], residuals[..., :k]
     x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)

@@ -123,11 +123,11 @@ def cholesky_solve(
         root = _root(w, a.dtype)
         a, b = root * a, root * b
     ah = adjoint(a)
-    weighted = (lambda y: y) if w is None or not tall else (lambda y: w[..., None] * y)
-    gram = matmul(ah, weighted(a)) if tall else matmul(a, ah)
+    wa, wb = (a, b) if w is None or not tall else (w[..., None] * a, w[..., None] * b)
+    gram = matmul(ah, wa) if tall else matmul(a, ah)
     gram = gram + lam[..., None, None].astype(a.dtype) * jnp.eye(gram.shape[-1], dtype=a.dtype)
     chol = jnp.linalg.cholesky(gram)
-    rhs = matmul(ah, weighted(b)) if tall else b
+    rhs = matmul(ah, wb) if tall else b
     y = lax.linalg.triangular_solve(chol, rhs, left_side=True, lower=True)
     z = lax.linalg.triangular_solve(
         chol, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True

@@ -161,9 +161,10 @@ def sharded_lstsq(
     # a sharding constraint rather than device_put: under vmap its batching rule leaves the
     # mapped axis whole and splits the rows
     a_s = lax.with_sharding_constraint(plan.a, rows)
-    b_s = lax.with_sharding_constraint(plan.b, rows)
+    b_s = lax.with_sharding_constraint(_validate.some_column(plan.b), rows)
     x, residuals, rank, s = _sharded_core(a_s, b_s, rcond_eff, mesh, axis_name)
-    x = x.astype(plan.dtype)
+    k = plan.b.shape[-1]
+    x, residuals = x[..., :k].astype(plan.dtype), residuals[..., :k]
     if plan.b_is_vector:
         x = x[..., 0]
     real = jnp.finfo(plan.dtype).dtype

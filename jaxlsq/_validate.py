@@ -128,6 +128,12 @@ def plan_lstsq(
     return Plan(a.astype(work), b.astype(work), b_is_vector, batch_shape, dtype, work)
 
 
+def some_column(b: jax.Array) -> jax.Array:
+    """b (..., M, K), or one zero column where K = 0: the solvers then still factor a for its
+    rank and singular values (and index no empty array); callers keep x[..., :K]."""
+    return b if b.shape[-1] else jnp.zeros((*b.shape[:-1], 1), b.dtype)
+
+
 def check_rcond(rcond: ArrayLike | None, func: str = "jaxlsq.lstsq") -> None:
     if rcond is None:
         return

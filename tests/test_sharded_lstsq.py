@@ -142,6 +142,12 @@ def test_empty_problems_vmap_and_a_traced_non_finite_rcond():
         want = jaxlsq.lstsq(np.ones(shape), np.ones(shape[0]))
         for g, w in zip(out, want):
             np.testing.assert_array_equal(g, w)
+    # no right-hand sides: x (N, 0), with a's rank and singular values, as NumPy
+    a0 = rng.standard_normal((16, 3))
+    out = jaxlsq.sharded_lstsq(a0, np.zeros((16, 0)), mesh=mesh, axis_name="rows")
+    _, _, rank, s = np.linalg.lstsq(a0, np.zeros((16, 0)), rcond=None)
+    assert out.x.shape == (3, 0) and out.residuals.shape == (0,) and int(out.rank) == rank
+    assert_close(out.singular_values, s, 1e-12)
     # vmap maps over problems: the mapped axis stays whole, each problem's rows are split
     a, b = rng.standard_normal((2, 16, 3)), rng.standard_normal((2, 16))
     got = jax.vmap(lambda a, b: jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows"))(a, b)

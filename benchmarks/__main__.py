@@ -109,8 +109,8 @@ def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def run(cases, dtypes, rounds, budget_s) -> tuple[list[dict], list[str]]:
-    systems, skipped = available()
+def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list[str]]:
+    systems, skipped = available(methods)
     pool_of = {system.name: system.pool for system in systems}
     rng = np.random.default_rng(0)  # the problems: the same whatever systems are installed
     order = np.random.default_rng(1)  # the order of the calls
@@ -252,7 +252,9 @@ def main(argv=None) -> None:
         prog="python3 -m benchmarks", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "--quick", action="store_true", help="small cases, few rounds (under a minute)"
+        "--quick",
+        action="store_true",
+        help="small cases, few rounds, no qr/cholesky methods (under a minute)",
     )
     parser.add_argument(
         "--rounds", type=int, default=None, help="timed rounds per cell (default 9, quick 3)"
@@ -267,7 +269,7 @@ def main(argv=None) -> None:
     rounds = args.rounds or (3 if args.quick else 9)
     dtypes = [np.dtype(d).type for d in args.dtypes.split(",")]
     started = time.perf_counter()
-    rows, skipped = run(cases, dtypes, rounds, args.budget)
+    rows, skipped = run(cases, dtypes, rounds, args.budget, methods=not args.quick)
     import jaxlsq
 
     info = {

@@ -58,15 +58,26 @@ def _host_loop(solve: Callable) -> Callable:
     return make_primal
 
 
-def available() -> tuple[list[System], list[str]]:
-    """The systems that can run here, and a line for each optional peer that cannot."""
+def available(methods: bool = True) -> tuple[list[System], list[str]]:
+    """The systems that can run here, and a line for each optional peer that cannot.
+
+    methods=False leaves out jaxlsq's full-rank methods ("qr", "cholesky"), whose compilation
+    is a quarter of a quick run's time.
+    """
     import scipy.linalg
 
-    systems = [
-        _jax_system("jaxlsq", lambda a, b: jaxlsq.lstsq(a, b).x),
-        # the full-rank fast paths (issue 4): same answer where their assumption holds
-        _jax_system("jaxlsq(qr)", lambda a, b: jaxlsq.lstsq(a, b, method="qr").x),
-        _jax_system("jaxlsq(cholesky)", lambda a, b: jaxlsq.lstsq(a, b, method="cholesky").x),
+    systems = [_jax_system("jaxlsq", lambda a, b: jaxlsq.lstsq(a, b).x)]
+    skipped = []
+    if methods:  # the full-rank fast paths (issue 4): same answer where their assumption holds
+        systems += [
+            _jax_system("jaxlsq(qr)", lambda a, b: jaxlsq.lstsq(a, b, method="qr").x),
+            _jax_system("jaxlsq(cholesky)", lambda a, b: jaxlsq.lstsq(a, b, method="cholesky").x),
+        ]
+    else:
+        skipped.append(
+            "jaxlsq(qr) and jaxlsq(cholesky): left out of --quick (the full run has them)"
+        )
+    systems += [
         _jax_system("jnp.linalg.lstsq", lambda a, b: jnp.linalg.lstsq(a, b)[0]),
         System(
             "numpy.linalg.lstsq",
@@ -81,7 +92,6 @@ def available() -> tuple[list[System], list[str]]:
             pool="scipy",
         ),
     ]
-    skipped = []
     if importlib.util.find_spec("lineax") is not None:
         try:
             systems.append(_lineax_system())

@@ -108,22 +108,26 @@ def _factor_and_inverse(tall):
 
 
 def members(rng, m, n, which):
-    """A batch of 4: all full rank (one of them scaled by 1e3), or with a rank-deficient and a
-    zero member among them."""
+    """A batch of 4: all full rank (one of them scaled by 1e3), with a rank-deficient and a
+    zero member among them ("mixed"), or with no full-rank member ("none")."""
     full = [randn(rng, (m, n)) for _ in range(3)] + [1e3 * randn(rng, (m, n))]
     if which == "full":
         return np.stack(full)
     deficient = with_singular_values(rng, m, n, SPREAD[:5] + [0.0])
+    if which == "none":
+        lower = with_singular_values(rng, m, n, SPREAD[:3] + [0.0, 0.0, 0.0])
+        return np.stack([deficient, np.zeros((m, n)), lower, 1e3 * deficient])
     return np.stack([full[0], deficient, np.zeros((m, n)), full[3]])
 
 
-@pytest.mark.parametrize("which", ["full", "mixed"])
+@pytest.mark.parametrize("which", ["full", "mixed", "none"])
 @pytest.mark.parametrize("form", ["leading", "vmap"])
 @pytest.mark.parametrize("kind", SHAPES)
 def test_a_batch_gives_numpy_for_every_member(kind, form, which):
     """Leading dimensions and vmap, with rcond traced: NumPy's rank, singular values, x and
-    residuals for each member, whether the batch takes the shortcut (all full rank) or the SVD
-    branch (a deficient, a zero or a badly conditioned member)."""
+    residuals for each member, whether the batch takes the shortcut (all full rank) or the mixed
+    branch (the shortcut for the members the bound settles, the SVD for a deficient, a zero or a
+    badly conditioned member, or for all of them)."""
     rng = np.random.default_rng(2)
     m, n = SHAPES[kind]
     a, b = members(rng, m, n, which), randn(rng, (4, m, 2))
@@ -162,12 +166,12 @@ def test_the_batch_decision_covers_every_member(kind):
 @pytest.mark.parametrize("form", ["leading", "vmap"])
 @pytest.mark.parametrize("kind", SHAPES)
 def test_batch_gradients_match_each_member_s_svd_rule(kind, form):
-    """jax.grad through a batch (the shortcut for all full rank, the SVD branch for mixed): each
+    """jax.grad through a batch (the shortcut for all full rank, the mixed branch otherwise): each
     member's gradient equals the SVD rule's for that member alone; also grad of vmap."""
     rng = np.random.default_rng(8)
     m, n = SHAPES[kind]
     b = randn(rng, (4, m, 2))
-    for which in ("full", "mixed"):
+    for which in ("full", "mixed", "none"):
         a = members(rng, m, n, which)
         solve = jax.vmap(jaxlsq.lstsq) if form == "vmap" else jaxlsq.lstsq
 

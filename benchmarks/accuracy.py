@@ -23,11 +23,14 @@ import numpy as np  # noqa: E402
 import jaxlsq  # noqa: E402
 
 
-def refined(a: np.ndarray, b: np.ndarray, x: np.ndarray, steps: int = 2) -> np.ndarray:
+def refined(
+    a: np.ndarray, b: np.ndarray, x: np.ndarray, rcond: float | None = None, steps: int = 2
+) -> np.ndarray:
+    """x + a^+ (b - a x), twice, with the residual in np.longdouble and the cutoff rcond."""
     wide = np.longdouble
     for _ in range(steps):
         r = (b.astype(wide) - a.astype(wide) @ x.astype(wide)).astype(np.float64)
-        x = (x.astype(wide) + np.linalg.lstsq(a, r, rcond=None)[0]).astype(np.float64)
+        x = (x.astype(wide) + np.linalg.lstsq(a, r, rcond=rcond)[0]).astype(np.float64)
     return x
 
 
@@ -44,7 +47,7 @@ def main() -> None:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     rcond = np.finfo(args.dtype).eps * max(m, n)
     numpy_x = np.stack([np.linalg.lstsq(ai, bi, rcond=rcond)[0] for ai, bi in zip(a64, b64)])
-    better = np.stack([refined(ai, bi, xi) for ai, bi, xi in zip(a64, b64, numpy_x)])
+    better = np.stack([refined(ai, bi, xi, rcond) for ai, bi, xi in zip(a64, b64, numpy_x)])
     systems = {
         "jaxlsq": jax.jit(jax.vmap(lambda a, b: jaxlsq.lstsq(a, b).x)),
         "jnp.linalg.lstsq": jax.jit(jax.vmap(lambda a, b: jnp.linalg.lstsq(a, b)[0])),

@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 from . import _validate
 from ._factor import Factor, adjoint
 from ._factor import factorize as _factor
-from ._svd_solve import factored_ridge_solve, keep_mask, singular_values_of
+from ._svd_solve import factored_ridge_solve, rank_of, singular_values_of
 
 
 class Factorization(NamedTuple):
@@ -65,7 +65,7 @@ class Factorization(NamedTuple):
     def rank(self) -> jax.Array:
         """The number of singular values above the cutoff, int32 (0 where ``a`` was not finite,
         or where a traced ``rcond`` was not)."""
-        rank = jnp.sum(keep_mask(self.factor.s, self.rcond), axis=-1, dtype=jnp.int32)
+        rank = rank_of(self.factor.s, self.rcond)
         return jnp.where(self.finite, rank, 0)
 
     def _solve(self, a, factor, b, lam, func, names):

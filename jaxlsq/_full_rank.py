@@ -61,7 +61,14 @@ from ._factor import (
     triangular_factor,
 )
 from ._order import after
-from ._svd_solve import _apply_pinv, factored_solve, gram_values, keep_mask, paired_solve
+from ._svd_solve import (
+    _apply_pinv,
+    factored_solve,
+    gram_values,
+    keep_mask,
+    paired_solve,
+    rank_of,
+)
 
 
 @custom_vmap
@@ -89,9 +96,12 @@ def _everyone_vmap_rule(axis_size, in_batched, flags):
 
 def pinv_solve(
     a: jax.Array, b: jax.Array, rcond: jax.Array, a_finite: jax.Array | None = None
-) -> tuple[jax.Array, jax.Array]:
-    """x = A^+ b and a's singular values, for a (..., M, N) and b (..., M, K); b's batch
-    dimensions broadcast against a's.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x = A^+ b, a's singular values and its rank (int32), for a (..., M, N) and b
+    (..., M, K); b's batch dimensions broadcast against a's.
+
+    Where the bound settles full rank, the rank needs no singular values: a caller that uses x
+    and the rank but not the values does not pay for them.
 
     a_finite (default a): a with its non-finite matrices zeroed, what the factorizations see.
     The derivative takes a itself, whose non-finite entries then make it NaN.
@@ -100,7 +110,7 @@ def pinv_solve(
     a_const = lax.stop_gradient(a if a_finite is None else a_finite)
     if kind is None:
         f = factorize(a_const)
-        return factored_solve(a, f, b, rcond), f.s
+        return factored_solve(a, f, b, rcond), f.s, rank_of(f.s, rcond)
     b_const = lax.stop_gradient(b)
     if kind == "tall":  # R, c = Q^H b (N x K), R^{-1} and R^{-1} c; Q is not needed after
         r, c, r_inv, r_inv_c = _tall_factor(a_const, b_const)
@@ -111,28 +121,29 @@ def pinv_solve(
         c = b_const  # M x K
         r_inv_c = None
 
+    flags = _certainly_full(r, r_inv, rcond)  # one per problem
+    full_rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
+
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
         t = r_inv_c if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
         z = _triangular_solve(after(r, t), adjoint(r_inv))
-        return t, _eye_like(r), z, values, jnp.ones((), bool)
+        return t, _eye_like(r), z, values, full_rank, jnp.ones((), bool)
 
     def svd_branch(r, c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
         u, s, vh = svd(r)
         f = Factor(Basis(u), s, Basis(adjoint(vh)))
         t = _apply_pinv(f if kind == "tall" else transposed(f), rcond, c)
-        return t, *gram_values(f, rcond, r.dtype), s, jnp.zeros((), bool)
+        return t, *gram_values(f, rcond, r.dtype), s, rank_of(s, rcond), jnp.zeros((), bool)
 
     def certified(c):  # full rank is certain: the values only for the output (dropped if unused)
-        t, v, z, _, full = shortcut(c, None)
-        return t, v, z, _values(after(r, z)), full
+        t, v, z, _, rank, full = shortcut(c, None)
+        return t, v, z, _values(after(r, z)), rank, full
 
     def by_values(c):  # the values alone decide
         values = _values(r)
         everyone = _everyone(keep_mask(values, rcond)[..., -1])
         c = after(c, values, y_core=1)
         return lax.cond(everyone, shortcut, lambda c, _: svd_branch(r, c), c, values)
-
-    flags = _certainly_full(r, r_inv, rcond)  # one per problem
 
     def mixed(c):  # the shortcut where the bound settles full rank, the SVD for the others
         short = shortcut(c, None)
@@ -141,10 +152,11 @@ def pinv_solve(
         # identities; a select then takes each problem's own branch.
         settled = flags[..., None, None]
         eye = _eye_like(r)
-        *by_svd, s_svd, _ = svd_branch(jnp.where(settled, eye, after(r, short[2])), c)
+        *by_svd, s_svd, rank, _ = svd_branch(jnp.where(settled, eye, after(r, short[2])), c)
         values = _values(after(jnp.where(settled, r, eye), s_svd, y_core=1))
         t, v, z = (jnp.where(settled, x, y) for x, y in zip(short[:3], by_svd))
-        return t, v, z, jnp.where(flags[..., None], values, s_svd), jnp.zeros((), bool)
+        s = jnp.where(flags[..., None], values, s_svd)
+        return t, v, z, s, jnp.where(flags, full_rank, rank), jnp.zeros((), bool)
 
     # One decision for the whole batch: the shortcut alone where every problem has full rank
     # (a branch per problem would become a select that computes both), otherwise mixed, which
@@ -153,9 +165,9 @@ def pinv_solve(
         uncertain = lambda c: lax.cond(_single(r), by_values, mixed, c)  # noqa: E731
     else:
         uncertain = mixed
-    t, v, z, s, full = lax.cond(_everyone(flags), certified, uncertain, c)
+    t, v, z, s, rank, full = lax.cond(_everyone(flags), certified, uncertain, c)
     x = t if kind == "tall" else reflect(h, after(taus, t, x_core=1), t)
-    return paired_solve(a, b, x, v, z, full), after(s, x, x_core=1)
+    return paired_solve(a, b, x, v, z, full), after(s, x, x_core=1), rank
 
 
 def _inverse(r: jax.Array) -> jax.Array:

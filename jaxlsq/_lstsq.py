@@ -13,7 +13,7 @@ from . import _validate
 from ._factor import matmul
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, weighted_qr_solve
-from ._svd_solve import keep_mask, ridge_solve, singular_values, singular_values_of, weighted_solve
+from ._svd_solve import rank_of, ridge_solve, singular_values, singular_values_of, weighted_solve
 
 
 class LstsqResult(NamedTuple):
@@ -325,13 +325,14 @@ def _lstsq_core(
         if w is not None:
             x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
             s = singular_values(root * a, x)
-        elif lam is None:
-            x, s = pinv_solve(a_given, b, rcond, a_finite=a)
+            rank = rank_of(s, rcond)
+        elif lam is None:  # its rank needs no singular values where the bound settles it
+            x, s, rank = pinv_solve(a_given, b, rcond, a_finite=a)
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)
             s = singular_values(a, x)
-        rank = jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
+            rank = rank_of(s, rcond)
     else:  # no SVD: singular values are not computed (NaN), rank is the method's estimate
         # LAPACK's triangular solves take equal batch dimensions: broadcast them first
         lam_shape = () if lam is None else lam.shape

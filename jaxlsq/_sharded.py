@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 from . import _validate
 from ._factor import Basis, Factor, adjoint, matmul
 from ._lstsq import LstsqResult, _squared_norms, lstsq
-from ._svd_solve import _apply_pinv, _kept_power, keep_mask
+from ._svd_solve import _apply_pinv, _kept_power, rank_of
 
 # jax.shard_map in newer JAX, jax.experimental.shard_map before. The outputs are replicated by
 # construction (all_gather and psum), which the replication check cannot see through the
@@ -185,7 +185,7 @@ def _sharded_core(a, b, rcond, mesh, axis_name):
         r = b - matmul(a, x)
         residuals = lax.psum(_squared_norms(r), axis_name)
         s = _solve_blocks(lax.stop_gradient(a), lax.stop_gradient(b), rcond, axis_name)[1]
-        rank = jnp.sum(keep_mask(s, rcond), dtype=jnp.int32)
+        rank = rank_of(s, rcond)
         ok = finite & finite_b & jnp.isfinite(rcond)  # a traced non-finite rcond: all NaN
         x = x * _validate.nan_unless(ok)[None, :]  # multiplied: see _lstsq_core
         residuals = residuals * _validate.nan_unless(ok)

@@ -60,6 +60,11 @@ def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
     return s > jnp.asarray(rcond)[..., None] * s[..., :1]  # rcond: a scalar or one per problem
 
 
+def rank_of(s: jax.Array, rcond: jax.Array) -> jax.Array:
+    """The number of singular values s (..., k) that the cutoff keeps, int32."""
+    return jnp.sum(keep_mask(s, rcond), axis=-1, dtype=jnp.int32)
+
+
 def _kept_power(s: jax.Array, rcond: jax.Array, power: int, dtype) -> jax.Array:
     """s_i ** power for kept values, 0 for dropped ones, in dtype."""
     keep = keep_mask(s, rcond)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, compiled, orthonormal, randn, with_singular_values
+from helpers import assert_close, compiled, count_svds, orthonormal, randn, with_singular_values
 from jax.test_util import check_grads
 
 import jaxlsq
@@ -161,6 +161,34 @@ def test_the_batch_decision_covers_every_member(kind):
     # out_axes=None: one answer for the whole vmapped batch (vmap refuses a batched one)
     by_vmap = jax.vmap(lambda a: _everyone(certain(a, rcond)), out_axes=None)
     assert bool(by_vmap(full)) and not bool(by_vmap(mixed))
+
+
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+@pytest.mark.parametrize("kind", SHAPES)
+def test_a_batch_s_rank_needs_no_singular_values(kind, form):
+    """Where the bound settles full rank, the rank comes without singular values: a program
+    that uses x and the rank computes none (no values-only SVD), one that uses the singular
+    values does; the ranks are NumPy's either way, for full, mixed and deficient batches."""
+    rng = np.random.default_rng(5)
+    m, n = SHAPES[kind]
+    b = randn(rng, (4, m, 2))
+    solve = jax.vmap(jaxlsq.lstsq) if form == "vmap" else jaxlsq.lstsq
+
+    def x_and_rank(a, b):
+        result = solve(a, b)
+        return result.x, result.rank
+
+    def with_values(a, b):
+        result = solve(a, b)
+        return result.x, result.rank, result.singular_values
+
+    assert count_svds(x_and_rank, members(rng, m, n, "full"), b, values_only=True) == 0
+    assert count_svds(with_values, members(rng, m, n, "full"), b, values_only=True) >= 1
+    for which in ("full", "mixed", "none"):
+        a = members(rng, m, n, which)
+        _, rank = jax.jit(x_and_rank)(a, b)
+        want = [numpy_answer(a_i, b_i, None)[1] for a_i, b_i in zip(a, b)]
+        assert rank.tolist() == want, which
 
 
 @pytest.mark.parametrize("form", ["leading", "vmap"])

@@ -1,10 +1,19 @@
-"""Test configuration: float64 on, 8 simulated CPU devices (set before JAX is imported)."""
+"""Test configuration, set before JAX is imported: float64 on, 8 simulated CPU devices, and
+LLVM's optimization level 0 for XLA's generated code.
+
+Most of the suite's time is XLA compiling small programs once each. LLVM's optimizations change
+how fast the generated code runs, not what it computes (XLA enables no fast-math), and these
+tests check what it computes: at level 0 the suite's CPU time fell by a quarter (17m48s of user
+time against 23m49s, both passing). To run the tests at XLA's default level instead, set the
+flag yourself: XLA_FLAGS=--xla_backend_optimization_level=2 python3 -m pytest -n 2.
+"""
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+if "--xla_backend_optimization_level" not in _flags:
+    _flags += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -3,8 +3,9 @@ LLVM's optimization level 0 for XLA's generated code.
 
 Most of the suite's time is XLA compiling small programs once each. LLVM's optimizations change
 how fast the generated code runs, not what it computes (XLA enables no fast-math), and these
-tests check what it computes: at level 0 the suite's CPU time fell by a quarter (17m48s of user
-time against 23m49s, both passing). To run the tests at XLA's default level instead, set the
+tests check what it computes: at level 0 a Hessian program compiled in about 0.75 s where it
+took 1.15, and the suite (-n 2, 2 cores, both passing) took 591 s where it took 722 s at the
+default level on the same day. To run the tests at XLA's default level instead, set the
 flag yourself: XLA_FLAGS=--xla_backend_optimization_level=2 python3 -m pytest -n 2.
 """
 

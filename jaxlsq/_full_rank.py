@@ -42,6 +42,8 @@ the constant False under vmap).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -243,9 +245,58 @@ def _norm(x: jax.Array) -> jax.Array:
     ]
 
 
+# Batches of at least UNROLLED_BATCH problems of order up to UNROLLED_ORDER have their triangular
+# solves unrolled into elementwise operations over the batch. LAPACK's trsm costs about 0.8 us
+# per call on an 8 x 8 factor, most of it the call itself. On 10,000 such factors with 9
+# right-hand sides (2 CPU cores): 8.4 ms against 3.8 unrolled in float32, 7.7 against 5.8 in
+# float64; at order 16 unrolled takes 0.6x (float32) to 1.0x, at 32 it is 2.6-3.9x slower and
+# takes 7 s to compile. The unrolled form costs compile time (a 30x6 solve's program compiled in
+# 0.6-0.8 s where it took 0.4-0.5), which a single matrix or a small batch never wins back.
+UNROLLED_ORDER = 8
+UNROLLED_BATCH = 1024
+
+
 def _triangular_solve(r: jax.Array, y: jax.Array, adjoint_r: bool = False) -> jax.Array:
     """R^{-1} y (R^{-H} y with adjoint_r) for upper triangular R; batch dimensions broadcast."""
-    r, y = broadcast_batch(r, y)
-    return lax.linalg.triangular_solve(
-        r, y, left_side=True, lower=False, transpose_a=adjoint_r, conjugate_a=adjoint_r
-    )
+    return (_adjoint_solve if adjoint_r else _solve)(*broadcast_batch(r, y))
+
+
+def _triangular(adjoint_r: bool):
+    @custom_vmap
+    def solve(r: jax.Array, y: jax.Array) -> jax.Array:
+        if r.shape[-1] <= UNROLLED_ORDER and math.prod(r.shape[:-2]) >= UNROLLED_BATCH:
+            return _substitution(r, y, adjoint_r)
+        return lax.linalg.triangular_solve(
+            r, y, left_side=True, lower=False, transpose_a=adjoint_r, conjugate_a=adjoint_r
+        )
+
+    @solve.def_vmap
+    def _vmap_rule(axis_size, in_batched, r, y):  # vmapped problems count towards the batch
+        r, y = (
+            x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+            for x, batched in zip((r, y), in_batched)
+        )
+        return solve(r, y), True
+
+    return solve
+
+
+_solve = _triangular(adjoint_r=False)
+_adjoint_solve = _triangular(adjoint_r=True)
+
+
+def _substitution(r: jax.Array, y: jax.Array, adjoint_r: bool) -> jax.Array:
+    """_triangular_solve by back substitution (forward for R^H), one row of the answer at a time,
+    each subtracting the rows found before it in the order LAPACK's trsm does."""
+    n = r.shape[-1]
+    if adjoint_r:  # R^H is lower triangular: its entry (i, j) is conj(R[j, i])
+        order, entry = range(n), lambda i, j: jnp.conj(r[..., j, i])
+    else:
+        order, entry = range(n - 1, -1, -1), lambda i, j: r[..., i, j]
+    rows = {}
+    for i in order:
+        acc = y[..., i, :]
+        for j, row in rows.items():
+            acc = acc - entry(i, j)[..., None] * row
+        rows[i] = acc / entry(i, i)[..., None]
+    return jnp.stack([rows[i] for i in range(n)], axis=-2)

@@ -18,7 +18,13 @@ from jax.test_util import check_grads
 
 import jaxlsq
 from jaxlsq._factor import factorize
-from jaxlsq._full_rank import _certainly_full, _everyone
+from jaxlsq._full_rank import (
+    UNROLLED_BATCH,
+    UNROLLED_ORDER,
+    _certainly_full,
+    _everyone,
+    _triangular_solve,
+)
 from jaxlsq._svd_solve import factored_solve
 
 SHAPES = {"tall": (30, 6), "wide": (6, 30)}
@@ -99,6 +105,35 @@ def test_the_full_rank_certificate_is_sound_and_used(dtype):
     assert 0 < sum(claims) < len(claims)
     well = randn(rng, (30, 6)).astype(dtype)
     assert bool(_certainly_full(*_factor_and_inverse(well), jnp.asarray(eps * 30, dtype)))
+
+
+@pytest.mark.parametrize("form", ["few", "many", "vmap"])
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("adjoint_r", [False, True], ids=["R", "R^H"])
+@pytest.mark.parametrize("n", [1, 3, UNROLLED_ORDER, UNROLLED_ORDER + 1])
+def test_triangular_solves_unrolled_or_by_lapack_match_numpy(n, adjoint_r, complex_, form):
+    """R^{-1} y and R^{-H} y against NumPy's general solve in float64, for a batch of R and one y
+    (batch dimensions broadcast): by LAPACK's trsm for a few problems or order above
+    UNROLLED_ORDER, unrolled for UNROLLED_BATCH problems, as leading dimensions or vmapped. A zero
+    on R's diagonal gives non-finite entries, not a finite answer."""
+    rng = np.random.default_rng(n)
+    batch = 6 if form == "few" else UNROLLED_BATCH
+    r = np.triu(randn(rng, (batch, n, n), complex_)) + 3 * np.eye(n)
+    r[1, n // 2, n // 2] = 0
+    y = randn(rng, (n, 4), complex_)
+    if form == "vmap":
+        solve = jax.vmap(lambda r: _triangular_solve(r, jnp.asarray(y), adjoint_r))
+    else:
+        solve = lambda r: _triangular_solve(r.reshape(-1, 2, n, n), jnp.asarray(y), adjoint_r)  # noqa: E731
+    got = np.asarray(solve(jnp.asarray(r))).reshape(batch, n, 4)
+    lhs = np.conj(np.swapaxes(r, -1, -2)) if adjoint_r else r
+    keep = np.arange(batch) != 1
+    assert_close(
+        got[keep], np.linalg.solve(lhs[keep], np.broadcast_to(y, (batch - 1, n, 4))), 1e-13
+    )
+    assert not np.all(np.isfinite(got[1]))
+    lapack = "trsm" in compiled(solve, jnp.asarray(r)).as_text()
+    assert lapack == (form == "few" or n > UNROLLED_ORDER)
 
 
 def _factor_and_inverse(tall):

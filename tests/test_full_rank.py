@@ -115,11 +115,13 @@ def test_triangular_solves_unrolled_or_by_lapack_match_numpy(n, adjoint_r, compl
     """R^{-1} y and R^{-H} y against NumPy's general solve in float64, for a batch of R and one y
     (batch dimensions broadcast): by LAPACK's trsm for a few problems or order above
     UNROLLED_ORDER, unrolled for UNROLLED_BATCH problems, as leading dimensions or vmapped. A zero
-    on R's diagonal gives non-finite entries, not a finite answer."""
+    on R's diagonal makes every entry that depends on it non-finite, never finite and wrong; the
+    rows that do not depend on it are NumPy's."""
     rng = np.random.default_rng(n)
     batch = 6 if form == "few" else UNROLLED_BATCH
     r = np.triu(randn(rng, (batch, n, n), complex_)) + 3 * np.eye(n)
-    r[1, n // 2, n // 2] = 0
+    p = n // 2
+    r[1, p, p] = 0
     y = randn(rng, (n, 4), complex_)
     if form == "vmap":
         solve = jax.vmap(lambda r: _triangular_solve(r, jnp.asarray(y), adjoint_r))
@@ -131,9 +133,32 @@ def test_triangular_solves_unrolled_or_by_lapack_match_numpy(n, adjoint_r, compl
     assert_close(
         got[keep], np.linalg.solve(lhs[keep], np.broadcast_to(y, (batch - 1, n, 4))), 1e-13
     )
-    assert not np.all(np.isfinite(got[1]))
+    # Back substitution (R) reaches rows p and above through the zero, forward (R^H) p and below.
+    dependent, free = (range(p, n), range(p)) if adjoint_r else (range(p + 1), range(p + 1, n))
+    assert not np.any(np.isfinite(got[1, dependent]))
+    if free:
+        block = np.ix_(free, free)
+        assert_close(got[1, free], np.linalg.solve(lhs[1][block], y[free]), 1e-13)
     lapack = "trsm" in compiled(solve, jnp.asarray(r)).as_text()
     assert lapack == (form == "few" or n > UNROLLED_ORDER)
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("adjoint_r", [False, True], ids=["R", "R^H"])
+def test_triangular_solve_vmapped_over_y_alone_keeps_one_r(adjoint_r, complex_):
+    """vmap over right-hand sides with one R folds them into the columns of one LAPACK solve (as
+    JAX's own rule for triangular_solve does): R is neither copied per mapped y nor unrolled,
+    however many y are mapped."""
+    n = UNROLLED_ORDER
+    rng = np.random.default_rng(1)
+    r = np.triu(randn(rng, (n, n), complex_)) + 3 * np.eye(n)
+    ys = randn(rng, (UNROLLED_BATCH, n, 2), complex_)
+    solve = jax.vmap(lambda y: _triangular_solve(jnp.asarray(r), y, adjoint_r))
+    lhs = r.conj().T if adjoint_r else r
+    assert_close(solve(jnp.asarray(ys)), np.linalg.solve(lhs, ys), 1e-13)
+    text = compiled(solve, jnp.asarray(ys)).as_text()
+    assert "trsm" in text
+    assert f"[{UNROLLED_BATCH},{n},{n}]" not in text  # no copy of R per mapped y
 
 
 def _factor_and_inverse(tall):

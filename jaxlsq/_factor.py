@@ -83,11 +83,18 @@ def _reflector_product(transpose: bool):
             taus = taus if taus_batched else jnp.broadcast_to(taus, (axis_size, *taus.shape))
             y = y if y_batched else jnp.broadcast_to(y, (axis_size, *y.shape))
             return apply(h, taus, y), True
-        columns = jnp.moveaxis(y, 0, -1)  # (..., D, K, B)
-        out = apply(h, taus, columns.reshape(*columns.shape[:-2], -1))
-        return jnp.moveaxis(out.reshape(*out.shape[:-1], *columns.shape[-2:]), -1, 0), True
+        return fold_columns(lambda y: apply(h, taus, y), y), True
 
     return apply
+
+
+def fold_columns(apply, y: jax.Array) -> jax.Array:
+    """apply, a map that acts on each column of its argument alike, on y (B, ..., D, K) whose
+    leading (vmapped) axis holds more right-hand sides: one call on (..., D, K B), unfolded after
+    (the mapped operator is applied once rather than copied per mapped element)."""
+    columns = jnp.moveaxis(y, 0, -1)  # (..., D, K, B)
+    out = apply(columns.reshape(*columns.shape[:-2], -1))
+    return jnp.moveaxis(out.reshape(*out.shape[:-1], *columns.shape[-2:]), -1, 0)
 
 
 _q_times = _reflector_product(transpose=False)

@@ -55,6 +55,7 @@ from ._factor import (
     adjoint,
     broadcast_batch,
     factorize,
+    fold_columns,
     reduction,
     reflect,
     reflect_h,
@@ -253,7 +254,7 @@ def _norm(x: jax.Array) -> jax.Array:
 # takes 7 s to compile. The unrolled form costs compile time (a 30x6 solve's program compiled in
 # 0.6-0.8 s where it took 0.4-0.5), which a single matrix or a small batch never wins back.
 # Right-hand sides vmapped over one R stay one solve with more columns. The thresholds were
-# measured on CPU; on accelerators the unrolled form is elementwise work, which suits them too.
+# measured on CPU only; accelerators take the same paths, not yet timed there.
 UNROLLED_ORDER = 8
 UNROLLED_BATCH = 1024
 
@@ -278,9 +279,7 @@ def _triangular(adjoint_r: bool):
     @solve.def_vmap
     def _vmap_rule(axis_size, in_batched, r, y):  # vmapped problems count towards the batch
         if not in_batched[0]:  # one R for every mapped y: the mapped axis joins y's columns
-            folded = jnp.moveaxis(y, 0, -1).reshape(*y.shape[1:-1], -1)
-            x = solve(r, folded).reshape(*y.shape[1:], axis_size)
-            return jnp.moveaxis(x, -1, 0), True
+            return fold_columns(lambda y: solve(r, y), y), True
         y = y if in_batched[1] else jnp.broadcast_to(y, (axis_size, *y.shape))
         return solve(r, y), True
 

@@ -36,6 +36,15 @@ def reduction(a: jax.Array) -> str | None:
     return None
 
 
+def orientation(a: jax.Array) -> str:
+    """ "tall" (M >= N: the QR of a) or "wide" (the QR of a^H); reduction's kind where it has one.
+
+    The plain solve takes the QR of every matrix, near-square ones too: where it certifies full
+    rank, no SVD is needed at all (see _full_rank)."""
+    m, n = a.shape[-2:]
+    return "tall" if m >= n else "wide"
+
+
 # jax.lax.linalg.ormqr applies Q without forming it in newer JAX; older JAX forms the thin Q.
 _ormqr = getattr(lax.linalg, "ormqr", None)
 
@@ -174,8 +183,8 @@ def _householder_qr(a: jax.Array, explicit: bool) -> tuple[jax.Array, jax.Array 
 def triangular_factor(
     a: jax.Array, explicit: bool = False
 ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-    """The QR of a tall a, or of a^H for a wide one: (h, taus, R) as _householder_qr gives them."""
-    return _householder_qr(a if reduction(a) == "tall" else adjoint(a), explicit)
+    """The QR of a (M >= N), or of a^H (M < N): (h, taus, R) as _householder_qr gives them."""
+    return _householder_qr(a if orientation(a) == "tall" else adjoint(a), explicit)
 
 
 def factor_of_triangular(kind: str, h: jax.Array, taus: jax.Array | None, r: jax.Array) -> Factor:

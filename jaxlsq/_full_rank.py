@@ -1,8 +1,8 @@
-r"""The plain solve of tall or wide matrices, with a shortcut where they have full rank.
+r"""The plain solve, with a shortcut where the matrix has full rank.
 
-Every tall solve starts with the Householder QR a = Q R (a wide one with a^H = Q R). Where the
-cutoff keeps every singular value of R (full column rank for a tall a, full row rank for a wide
-one), the pseudo-inverse needs no SVD vectors:
+Every solve starts with the Householder QR a = Q R (a^H = Q R where M < N), near-square matrices
+included. Where the cutoff keeps every singular value of R (full column rank for a tall a, full
+row rank for a wide one), the pseudo-inverse needs no SVD vectors:
 
     tall:  A^+ = R^{-1} Q^H,           x = R^{-1} Q^H b            (the QR least-squares solve)
     wide:  A^+ = Q R^{-H},             x = Q R^{-H} b              (the minimum-norm solution)
@@ -16,12 +16,18 @@ The rank is decided in two steps. First a bound from R^{-1} (a triangular solve,
 SVD): s_max <= ||R||_F and s_min >= 1 / ||R^{-1}||_F, so ||R||_F ||R^{-1}||_F rcond < 1 means
 every value is kept (with a margin for the rounding of R^{-1}). Where the bound settles it, the
 singular values are computed (without vectors) only for the output, and XLA drops them where the
-caller does not use them. Otherwise the values alone (gesdd without vectors) decide.
+caller does not use them. Otherwise the values alone (gesdd without vectors) decide, unless R's
+diagonal already shows a dropped value (the SVD with vectors is then taken straight away).
 
-The derivative is _svd_solve's rule through the pair (V, Z) of the tall a (or of a^H when wide),
-(A^H A)^+ = V Z^H. At full rank (I, (A^H A)^{-1}) is that pair in another gauge, and
-(A^H A)^{-1} = R^{-1} R^{-H} (A A^H = R^H R when wide) comes from R^{-1}, which the bound above
-needs anyway, by one more triangular solve; so one rule serves both branches, to any order. At
+Near-square matrices take the same route, where the SVD of a itself would cost several times the
+QR: with full rank certified, a 1000 x 1000 float64 solve is a QR and triangular solves; where
+only the values decide (the bound is loose by up to a factor N: float32 at N = 1000), a QR and
+the values of R; and a rank-deficient one pays a QR on top of the SVD (of R instead of a).
+
+The derivative is _svd_solve's rule through the pair (V, W) of the tall a (or of a^H when wide),
+(A^H A)^+ = W W^H. At full rank (I, R^{-1}) is that pair in another gauge ((A^H A)^{-1} =
+R^{-1} R^{-H}; A A^H = R^H R when wide), and R^{-1} is what the bound above needs anyway; so one
+rule serves both branches, to any order, and the derivative adds no O(N^3) work to the solve. At
 full rank one term of the rule vanishes (the null-space term of a tall a, the residual term of a
 wide one); a lax.cond skips its O(M N K) products there.
 
@@ -54,9 +60,8 @@ from ._factor import (
     Factor,
     adjoint,
     broadcast_batch,
-    factorize,
     fold_columns,
-    reduction,
+    orientation,
     reflect,
     reflect_h,
     svd,
@@ -66,7 +71,6 @@ from ._factor import (
 from ._order import after
 from ._svd_solve import (
     _apply_pinv,
-    factored_solve,
     gram_values,
     keep_mask,
     paired_solve,
@@ -109,11 +113,8 @@ def pinv_solve(
     a_finite (default a): a with its non-finite matrices zeroed, what the factorizations see.
     The derivative takes a itself, whose non-finite entries then make it NaN.
     """
-    kind = reduction(a)
+    kind = orientation(a)
     a_const = lax.stop_gradient(a if a_finite is None else a_finite)
-    if kind is None:
-        f = factorize(a_const)
-        return factored_solve(a, f, b, rcond), f.s, rank_of(f.s, rcond)
     b_const = lax.stop_gradient(b)
     if kind == "tall":  # R, c = Q^H b (N x K), R^{-1} and R^{-1} c; Q is not needed after
         r, c, r_inv, r_inv_c = _tall_factor(a_const, b_const)
@@ -127,10 +128,9 @@ def pinv_solve(
     flags = _certainly_full(r, r_inv, rcond)  # one per problem
     full_rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
 
-    def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1} R^{-H})
+    def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1})
         t = r_inv_c if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
-        z = _triangular_solve(after(r, t), adjoint(r_inv))
-        return t, _eye_like(r), z, values, full_rank, jnp.ones((), bool)
+        return t, _eye_like(r), r_inv, values, full_rank, jnp.ones((), bool)
 
     def svd_branch(r, c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
         u, s, vh = svd(r)
@@ -139,11 +139,13 @@ def pinv_solve(
         return t, *gram_values(f, rcond, r.dtype), s, rank_of(s, rcond), jnp.zeros((), bool)
 
     def certified(c):  # full rank is certain: the values only for the output (dropped if unused)
-        t, v, z, _, rank, full = shortcut(c, None)
-        return t, v, z, _values(after(r, z)), rank, full
+        t, v, w, _, rank, full = shortcut(c, None)
+        return t, v, w, _values(after(r, t)), rank, full
 
-    def by_values(c):  # the values alone decide
-        values = _values(r)
+    def by_values(c):  # the values alone decide, unless R's diagonal already drops one
+        real = jnp.finfo(r.dtype).dtype
+        none = lambda r: jnp.zeros(r.shape[:-1], real)  # noqa: E731  keeps none: the SVD branch
+        values = lax.cond(_surely_deficient(r, rcond), none, _values, r)
         everyone = _everyone(keep_mask(values, rcond)[..., -1])
         c = after(c, values, y_core=1)
         return lax.cond(everyone, shortcut, lambda c, _: svd_branch(r, c), c, values)
@@ -155,11 +157,11 @@ def pinv_solve(
         # identities; a select then takes each problem's own branch.
         settled = flags[..., None, None]
         eye = _eye_like(r)
-        *by_svd, s_svd, rank, _ = svd_branch(jnp.where(settled, eye, after(r, short[2])), c)
+        *by_svd, s_svd, rank, _ = svd_branch(jnp.where(settled, eye, after(r, short[0])), c)
         values = _values(after(jnp.where(settled, r, eye), s_svd, y_core=1))
-        t, v, z = (jnp.where(settled, x, y) for x, y in zip(short[:3], by_svd))
+        t, v, w = (jnp.where(settled, x, y) for x, y in zip(short[:3], by_svd))
         s = jnp.where(flags[..., None], values, s_svd)
-        return t, v, z, s, jnp.where(flags, full_rank, rank), jnp.zeros((), bool)
+        return t, v, w, s, jnp.where(flags, full_rank, rank), jnp.zeros((), bool)
 
     # One decision for the whole batch: the shortcut alone where every problem has full rank
     # (a branch per problem would become a select that computes both), otherwise mixed, which
@@ -168,9 +170,9 @@ def pinv_solve(
         uncertain = lambda c: lax.cond(_single(r), by_values, mixed, c)  # noqa: E731
     else:
         uncertain = mixed
-    t, v, z, s, rank, full = lax.cond(_everyone(flags), certified, uncertain, c)
+    t, v, w, s, rank, full = lax.cond(_everyone(flags), certified, uncertain, c)
     x = t if kind == "tall" else reflect(h, after(taus, t, x_core=1), t)
-    return paired_solve(a, b, x, v, z, full), after(s, x, x_core=1), rank
+    return paired_solve(a, b, x, v, w, full), after(s, x, x_core=1), rank
 
 
 def _inverse(r: jax.Array) -> jax.Array:
@@ -235,6 +237,16 @@ def _certainly_full(r: jax.Array, r_inv: jax.Array, rcond: jax.Array) -> jax.Arr
     floor = 4 * n * jnp.finfo(r.dtype).eps
     bound = _norm(r) * _norm(r_inv) * jnp.maximum(rcond, floor)
     return bound < 0.25  # False also where R^{-1} is not finite (NaN)
+
+
+def _surely_deficient(r: jax.Array, rcond: jax.Array) -> jax.Array:
+    """Whether R's diagonal already shows that the cutoff drops a singular value:
+    s_min <= min |R_ii| and s_max >= max |R_ii|, so min |R_ii| <= rcond max |R_ii| means
+    s_min <= rcond s_max. Exactly dependent columns leave a diagonal entry at the rounding level,
+    well under the cutoff. It only picks the SVD branch without the values first (which would
+    then pick it too, at the cost of an SVD without vectors); either branch is right."""
+    d = jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1))
+    return jnp.all(jnp.min(d, axis=-1) <= rcond * jnp.max(d, axis=-1))
 
 
 def _norm(x: jax.Array) -> jax.Array:

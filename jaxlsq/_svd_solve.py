@@ -34,12 +34,21 @@ itself, so higher orders follow the same way). Only second-order work pays for t
 O(M N k) tangents; first-order work stays O(M N K).
 
 Tall and wide matrices. There the factorization never forms U (see _factor), so P = U S^{-1} is
-not at hand. For a tall A, P = A Z with Z = V S^{-2} (N x k), and the rules read A^+ = V Z^H A^H,
-A^{+H} = A Z V^H and A^+ A = V V^H through the pair (V, Z), whose tangent is the pair's:
-dV as above and dZ = dV Z^H V - V (P^H dA Z + (P^H dA Z)^H). A wide A uses the pair of A^H, with
-(A A^H)^+ = V Z^H and A^+ = A^H V Z^H. The primal x still comes from the orthogonal factors; the
-tangents multiply by A and then by S^{-2}, like the seminormal equations, so their rounding error
-is O(eps cond(A)^2) relative, the order of the derivative's own sensitivity to rounding in A.
+not at hand. A tall A (M >= N) is read through the pair (V, W) with V as above and W (N x k) any
+factor of the Gram matrix's pseudo-inverse, (A^H A)^+ = W W^H: W = V S^{-1} from the SVD, or
+W = R^{-1} from A = Q R at full rank (V = I), which the solve has at hand without an SVD. Then
+A^+ = W W^H A^H, A^{+H} = A W W^H and A^+ A = V V^H. The pair's tangent, with P = A W,
+
+    dV = (I - V V^H) dA^H P (W^H V),
+    dW = -W (P^H dA W) + (I - V V^H) dA^H P (W^H W),
+
+gives d(V V^H) = d(A^+ A) and d(W W^H) = d(A^H A)^+ (the pseudo-inverse's rule for a Hermitian
+matrix at constant rank, using A (I - V V^H) = 0), again with no division by differences of
+singular values; the rules use V and W only through V V^H and W W^H, so the gauge (V -> V R,
+W -> W R') does not matter. A wide A uses the pair of A^H, with (A A^H)^+ = W W^H and
+A^+ = A^H W W^H. The primal x still comes from the orthogonal factors; the tangents multiply by A
+and then by S^{-2}, like the seminormal equations, so their rounding error is O(eps cond(A)^2)
+relative, the order of the derivative's own sensitivity to rounding in A.
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._factor import Factor, adjoint, factorize, matmul, reduction, transposed
+from ._factor import Factor, adjoint, factorize, matmul, orientation, reduction, transposed
 from ._order import after
 
 
@@ -113,41 +122,50 @@ def _pinv_factors_jvp(primals, tangents):
 
 
 def gram_factors(a: jax.Array, rcond: jax.Array, f: Factor) -> tuple[jax.Array, jax.Array]:
-    """The pair (V, Z) of a tall A, with Z = V S^{-2} (kept columns; dropped ones zeroed).
+    """The pair (V, W) of a tall A, with W = V S^{-1} (kept columns; dropped ones zeroed).
 
-    They give (A^H A)^+ = V Z^H, A^+ = V Z^H A^H and A^+ A = V V^H: the pair (P, V) of the
-    module docstring with P = A Z left unformed. Gauge and tangent are the pair's.
+    They give (A^H A)^+ = W W^H, A^+ = W W^H A^H and A^+ A = V V^H (see the module docstring).
     """
     return gram_pair(a, *gram_values(f, rcond, a.dtype))
 
 
 def gram_values(f: Factor, rcond: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-    """gram_factors' values (V, Z) from the factorization f of a tall matrix, no derivative."""
+    """gram_factors' values (V, W) from the factorization f of a tall matrix, no derivative."""
     v = f.right.u  # explicit: the right factor of a tall matrix is R's V
     keep = _kept_power(f.s, rcond, 0, dtype)[..., None, :]
-    return v * keep, v * _kept_power(f.s, rcond, -2, dtype)[..., None, :]
+    return v * keep, v * _kept_power(f.s, rcond, -1, dtype)[..., None, :]
+
+
+def gram_middle(v: jax.Array, w: jax.Array) -> jax.Array:
+    """C = V^H (A^H A)^+ V = (V^H W)(W^H V) of the pair: diag(S^{-2}) (0 where dropped) in the
+    SVD's gauge."""
+    vh_w = matmul(adjoint(v), w)
+    return matmul(vh_w, adjoint(vh_w))
 
 
 @jax.custom_jvp
-def gram_pair(a: jax.Array, v: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(v, z), a pair of the tall a in any gauge, carrying the pair's tangent (v and z carry none).
+def gram_pair(a: jax.Array, v: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(v, w), a pair of the tall a in any gauge, carrying the pair's tangent (v and w carry none).
 
-    At full rank (I, (A^H A)^{-1}) is one: V = I and Z = V S^{-2} in the gauge R = V^H.
-    """
-    return v, z
+    At full rank (I, R^{-1}) is one, for a = Q R."""
+    return v, w
 
 
 @gram_pair.defjvp
 def _gram_pair_jvp(primals, tangents):
-    a, v, z = primals
+    a, v, w = primals
     da = tangents[0]
-    v, z = gram_pair(a, v, z)  # recursive: outer transformations see this rule again
-    p = matmul(a, z)  # the pair's P = U S^{-1}
+    v, w = gram_pair(a, v, w)  # recursive: outer transformations see this rule again
+    p = matmul(a, w)  # U (kept columns) in the SVD's gauge
+
+    def outside(y):  # (I - V V^H) y
+        return y - matmul(v, matmul(adjoint(v), y))
+
     dah_p = matmul(adjoint(da), p)
-    dv = dah_p - matmul(v, matmul(adjoint(v), dah_p))
-    pe = matmul(adjoint(p), matmul(da, z))
-    dz = matmul(dv, matmul(adjoint(z), v)) - matmul(v, pe + adjoint(pe))
-    return (v, z), (dv, dz)
+    dv = outside(matmul(dah_p, matmul(adjoint(w), v)))
+    pe = matmul(adjoint(p), matmul(da, w))
+    dw = matmul(outside(dah_p), matmul(adjoint(w), w)) - matmul(w, pe)
+    return (v, w), (dv, dw)
 
 
 class _Ops(NamedTuple):
@@ -166,58 +184,31 @@ class _Ops(NamedTuple):
         return cls(pinv, pinv_h, lambda w: pinv(pinv_h(w)), null, pinv_h_x)
 
 
-def _tangent_ops(a: jax.Array, rcond: jax.Array, f: Factor, y: jax.Array, x: jax.Array) -> _Ops:
-    """The maps through differentiable factors (pair or Gram), so that outer derivatives work."""
-    kind = reduction(a)
-    if kind == "tall":
-        return _gram_ops(a, *gram_factors(a, rcond, f), y, x)
-    if kind == "wide":
-        return _gram_ops(a, *gram_factors(adjoint(a), rcond, transposed(f)), y, x)
-    p, v = pinv_factors(a, rcond, f)  # A^+ = V P^H
-    return _Ops.composed(
-        lambda y: matmul(v, matmul(adjoint(p), y)),
-        lambda z: matmul(p, matmul(adjoint(v), z)),
-        lambda z: z - matmul(v, matmul(adjoint(v), z)),
-        lambda: matmul(p, matmul(adjoint(v), x)),
-    )
-
-
-def _gram_ops(a: jax.Array, v: jax.Array, z: jax.Array, y: jax.Array, x: jax.Array) -> _Ops:
-    """The maps of a tall a through its pair (V, Z), or of a wide a through the pair of a^H."""
+def _gram_ops(a: jax.Array, v: jax.Array, w: jax.Array, y: jax.Array, x: jax.Array) -> _Ops:
+    """The maps of a tall a through its pair (V, W), or of a wide a through the pair of a^H."""
     ah = adjoint(a)
-    if reduction(a) == "tall":  # A^+ = V Z^H A^H, A^+ A^{+H} = (A^H A)^+ = V Z^H
+
+    def gram_pinv(t):  # W W^H t: (A^H A)^+ t (tall) or (A A^H)^+ t (wide)
+        return matmul(w, matmul(adjoint(w), t))
+
+    if orientation(a) == "tall":  # A^+ = W W^H A^H, A^+ A^{+H} = (A^H A)^+ = W W^H
         return _Ops(
-            lambda y: matmul(v, matmul(adjoint(z), matmul(ah, y))),
-            lambda w: matmul(a, matmul(z, matmul(adjoint(v), w))),
-            lambda w: matmul(v, matmul(adjoint(z), w)),
-            lambda w: w - matmul(v, matmul(adjoint(v), w)),
-            lambda: matmul(a, matmul(z, matmul(adjoint(v), x))),
+            lambda y: gram_pinv(matmul(ah, y)),
+            lambda t: matmul(a, gram_pinv(t)),
+            gram_pinv,
+            lambda t: t - matmul(v, matmul(adjoint(v), t)),
+            lambda: matmul(a, gram_pinv(x)),
         )
-    # wide: (A A^H)^+ = A^{+H} A^+ = V Z^H, A^+ = A^H V Z^H
+    # wide: (A A^H)^+ = A^{+H} A^+ = W W^H, A^+ = A^H W W^H
     return _Ops.composed(
-        lambda y: matmul(ah, matmul(v, matmul(adjoint(z), y))),
-        lambda w: matmul(v, matmul(adjoint(z), matmul(a, w))),
-        lambda w: w - matmul(ah, matmul(v, matmul(adjoint(z), matmul(a, w)))),
-        lambda: matmul(v, matmul(adjoint(z), y)),
+        lambda y: matmul(ah, gram_pinv(y)),
+        lambda t: gram_pinv(matmul(a, t)),
+        lambda t: t - matmul(ah, gram_pinv(matmul(a, t))),
+        lambda: gram_pinv(y),
     )
 
 
 # --- the solve ------------------------------------------------------------------------------
-
-
-@jax.custom_jvp
-def factored_solve(a: jax.Array, f: Factor, b: jax.Array, rcond: jax.Array) -> jax.Array:
-    """x = A^+ b for a (..., M, N) and b (..., M, K), batch dimensions broadcast, with a's
-    factorization f given; f carries no derivative (see pinv_factors)."""
-    return _apply_pinv(f, rcond, b)
-
-
-@factored_solve.defjvp
-def _factored_solve_jvp(primals, tangents):
-    a, f, b, rcond = primals
-    da, _, db, _ = tangents
-    x = factored_solve(a, f, b, rcond)  # recursive: outer transformations see this rule again
-    return x, _pinv_tangent(_tangent_ops(a, rcond, f, b, x), a, da, b, db, x)
 
 
 def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> jax.Array:
@@ -241,26 +232,26 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
     if full is None:
         return dx + residual_term() + null_term()
     vanishing, other = (
-        (null_term, residual_term) if reduction(a) == "tall" else (residual_term, null_term)
+        (null_term, residual_term) if orientation(a) == "tall" else (residual_term, null_term)
     )
     return dx + other() + lax.cond(full, lambda: jnp.zeros_like(dx), vanishing)
 
 
 @jax.custom_jvp
-def paired_solve(a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, z: jax.Array, full):
-    """x = A^+ b, computed already, for a tall a with its pair (v, z), or a wide a with the pair
-    of a^H, and whether a has full rank; the derivative is the solve's, through gram_pair (x, v
-    and z carry none)."""
+def paired_solve(a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, w: jax.Array, full):
+    """x = A^+ b, computed already, for a tall a (M >= N) with its pair (v, w), or a wide a with
+    the pair of a^H, and whether a has full rank; the derivative is the solve's, through gram_pair
+    (x, v and w carry none)."""
     return x
 
 
 @paired_solve.defjvp
 def _paired_solve_jvp(primals, tangents):
-    a, b, x, v, z, full = primals
+    a, b, x, v, w, full = primals
     da, db = tangents[:2]
-    x = paired_solve(a, b, x, v, z, full)  # recursive, as for factored_solve
-    c = a if reduction(a) == "tall" else adjoint(a)
-    ops = _gram_ops(a, *gram_pair(c, v, z), b, x)
+    x = paired_solve(a, b, x, v, w, full)  # recursive: outer transformations see this rule again
+    c = a if orientation(a) == "tall" else adjoint(a)
+    ops = _gram_ops(a, *gram_pair(c, v, w), b, x)
     return x, _pinv_tangent(ops, a, da, b, db, x, full)
 
 
@@ -352,9 +343,9 @@ def _ridge_ops(
     def sandwich(basis, middle, w):  # basis middle basis^H w
         return matmul(basis, matmul(middle, matmul(adjoint(basis), w)))
 
-    if kind == "wide":  # the pair of A^H: V holds A's left singular vectors, C = V^H Z
-        u, z = gram_factors(ah, rcond, transposed(f))
-        c = matmul(adjoint(u), z)
+    if kind == "wide":  # the pair of A^H: V holds A's left singular vectors
+        u, w = gram_factors(ah, rcond, transposed(f))
+        c = gram_middle(u, w)
         _, d = _resolvent(c, lam, c_diag)
         cd = matmul(c, d)  # S^{-2} D: A^H U (S^{-2} D) U^H A = V D V^H
         return _RidgeOps(
@@ -363,8 +354,8 @@ def _ridge_ops(
             sandwich(u, d, b),
         )
     if kind == "tall":  # U = A V S^{-1}: U D U^H = A V (S^{-2} D) V^H A^H
-        v, z = gram_factors(a, rcond, f)
-        c = matmul(adjoint(v), z)
+        v, w = gram_factors(a, rcond, f)
+        c = gram_middle(v, w)
         _, d = _resolvent(c, lam, c_diag)
         y = matmul(a, sandwich(v, matmul(c, d), matmul(ah, b)))
     else:  # U = P S: U D U^H = P (S D S) P^H = P E P^H
@@ -452,10 +443,9 @@ def singular_values_of(a: jax.Array, s: jax.Array) -> jax.Array:
 def _singular_values_jvp(primals, tangents):
     # ds_i = Re(u_i^H dA v_i), exact to first order also where singular values repeat.
     (a, s), (da, _) = primals, tangents
-    # Differentiable by JAX's QR and SVD rules (second order). A near-square a's SVD is the
-    # solve's own (merged under jit); a tall or wide a's explicit QR is factored again, after
-    # everything the solve computed (see _order).
-    f = factorize(a if reduction(a) is None else after(a, s, y_core=1), explicit=True)
+    # Differentiable by JAX's QR and SVD rules (second order): a is factored again (the solve
+    # keeps no vectors of a's SVD), after everything the solve computed (see _order).
+    f = factorize(after(a, s, y_core=1), explicit=True)
     u, v = f.left.dense(), f.right.dense()
     ds = jnp.real(jnp.sum(jnp.conj(u) * matmul(da, v), axis=-2))
     return f.s, ds.astype(f.s.dtype)

@@ -1,23 +1,31 @@
-"""The full-rank shortcut of tall and wide solves (jaxlsq/_full_rank.py).
+"""The full-rank shortcut of the plain solve (jaxlsq/_full_rank.py): tall, wide, square and
+near-square matrices.
 
 Where the cutoff keeps every singular value of the QR's triangular factor, x comes from a
 triangular solve instead of the SVD vectors; otherwise from the SVD. A batch (leading dimensions
 or vmap) takes one branch for all its problems. Checked here: the branch follows NumPy's cutoff
 inside one compiled program, batches with and without deficient members give NumPy's answer for
-each member, and the derivatives through the shortcut's factor pair (I, R^{-1} R^{-H}), first and
-second order, against the SVD rule (factored_solve, which never takes the shortcut), finite
-differences and jnp.linalg.pinv, all in float64.
+each member, and the derivatives through the shortcut's factor pair (I, R^{-1}), first and
+second order, against jnp.linalg.pinv's own rule (which never takes the shortcut) and finite
+differences, all in float64.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, compiled, count_svds, orthonormal, randn, with_singular_values
+from helpers import (
+    assert_close,
+    compiled,
+    count_svds,
+    orthonormal,
+    pinv_solve,
+    randn,
+    with_singular_values,
+)
 from jax.test_util import check_grads
 
 import jaxlsq
-from jaxlsq._factor import factorize
 from jaxlsq._full_rank import (
     UNROLLED_BATCH,
     UNROLLED_ORDER,
@@ -25,9 +33,9 @@ from jaxlsq._full_rank import (
     _everyone,
     _triangular_solve,
 )
-from jaxlsq._svd_solve import factored_solve
 
-SHAPES = {"tall": (30, 6), "wide": (6, 30)}
+# tall and wide through the QR of a or a^H; square (M = N, a's QR) and near-square too
+SHAPES = {"tall": (30, 6), "wide": (6, 30), "square": (6, 6), "near-wide": (6, 9)}
 SPREAD = [1.0, 0.5, 1e-1, 1e-2, 1e-3, 1e-4]  # cut by rcond between two of them
 
 
@@ -58,7 +66,7 @@ def test_the_cutoff_picks_the_branch_like_numpy(kind, complex_):
     for rcond in (0.9e-4, 1.1e-4, 0.9e-3, 1.1e-3, 0.3, -1.0):  # -1: LAPACK's eps / 2
         assert_like_numpy(solve(a, b, rcond), a, b, rcond)
     zero_line = a.copy()
-    if kind == "tall":
+    if m >= n:
         zero_line[:, 2] = 0
     else:
         zero_line[2] = 0
@@ -94,7 +102,7 @@ def test_the_full_rank_certificate_is_sound_and_used(dtype):
     for kind, (m, n) in SHAPES.items():
         for smallest in np.logspace(-9, 0, 28):
             a = with_singular_values(rng, m, n, [1, 0.9, 0.7, 0.5, 0.3, smallest]).astype(dtype)
-            tall = a if kind == "tall" else a.conj().T
+            tall = a if m >= n else a.conj().T
             r = np.linalg.qr(tall.astype(np.float64), mode="r")
             for rcond in (0.0, 1e-12, eps * max(m, n), 1e-4, 0.1, 0.5):
                 claim = bool(_certainly_full(*_factor_and_inverse(tall), jnp.asarray(rcond, dtype)))
@@ -210,7 +218,7 @@ def test_the_batch_decision_covers_every_member(kind):
     m, n = SHAPES[kind]
 
     def certain(a, rcond):
-        tall = a if kind == "tall" else jnp.conj(jnp.swapaxes(a, -1, -2))
+        tall = a if m >= n else jnp.conj(jnp.swapaxes(a, -1, -2))
         return _certainly_full(*_factor_and_inverse(tall), jnp.asarray(rcond))
 
     rcond = np.finfo(np.float64).eps * max(m, n)
@@ -253,9 +261,9 @@ def test_a_batch_s_rank_needs_no_singular_values(kind, form):
 
 @pytest.mark.parametrize("form", ["leading", "vmap"])
 @pytest.mark.parametrize("kind", SHAPES)
-def test_batch_gradients_match_each_member_s_svd_rule(kind, form):
+def test_batch_gradients_match_each_member_s_pinv_rule(kind, form):
     """jax.grad through a batch (the shortcut for all full rank, the mixed branch otherwise): each
-    member's gradient equals the SVD rule's for that member alone; also grad of vmap."""
+    member's gradient equals jnp.linalg.pinv's rule's for that member alone; also grad of vmap."""
     rng = np.random.default_rng(8)
     m, n = SHAPES[kind]
     b = randn(rng, (4, m, 2))
@@ -269,7 +277,7 @@ def test_batch_gradients_match_each_member_s_svd_rule(kind, form):
 
         got = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
         for i in range(4):
-            want = jax.grad(scalar(through_the_svd_rule, 0.0), argnums=(0, 1))(a[i], b[i])
+            want = jax.grad(scalar(through_the_pinv_rule, 0.0), argnums=(0, 1))(a[i], b[i])
             for g, w in zip(got, want):
                 assert_close(g[i], w, 1e-9, err_msg=f"{which} member {i}")
 
@@ -307,7 +315,7 @@ def test_vmap_over_right_hand_sides_keeps_the_shortcut(kind):
 
 def full_rank_cases(rng, kind, complex_):
     m, n = SHAPES[kind]
-    flip = (lambda x: x) if kind == "tall" else (lambda x: np.conj(x.T))
+    flip = (lambda x: x) if m >= n else (lambda x: np.conj(x.T))
     return {
         "random": randn(rng, (m, n), complex_),
         "orthonormal": flip(orthonormal(rng, max(m, n), min(m, n), complex_)),
@@ -321,15 +329,14 @@ def x_and_residuals(a, b):
     return x, residuals
 
 
-def by_the_svd_rule(a, b):
-    """x = A^+ b through _svd_solve's factorization and rule (no shortcut), default cutoff."""
-    rcond = jnp.asarray(np.finfo(np.float64).eps * max(a.shape), np.float64)
-    return factored_solve(a, factorize(jax.lax.stop_gradient(a)), b, rcond)
+def by_the_pinv_rule(a, b):
+    """x = A^+ b through jnp.linalg.pinv's own rule (no shortcut), default cutoff."""
+    return pinv_solve(a, b, None)
 
 
-def through_the_svd_rule(a, b):
-    """The same solve, x and residuals, with no shortcut: the SVD rule of _svd_solve."""
-    x = by_the_svd_rule(a, b)
+def through_the_pinv_rule(a, b):
+    """The same solve, x and residuals, through jnp.linalg.pinv (no shortcut)."""
+    x = by_the_pinv_rule(a, b)
     return x, jnp.sum(jnp.abs(b - a @ x) ** 2, axis=0)
 
 
@@ -343,7 +350,7 @@ def scalar(solve, weights):
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("kind", SHAPES)
-def test_first_order_matches_the_svd_rule_and_finite_differences(kind, complex_):
+def test_first_order_matches_the_pinv_rule_and_finite_differences(kind, complex_):
     rng = np.random.default_rng(4)
     for name, a in full_rank_cases(rng, kind, complex_).items():
         m, n = a.shape
@@ -352,7 +359,7 @@ def test_first_order_matches_the_svd_rule_and_finite_differences(kind, complex_)
         da = randn(rng, (m, n), complex_) * np.linalg.svd(a, compute_uv=False)[-1]
         weights = randn(rng, (n, 2), complex_)
         got = jax.jvp(x_and_residuals, (a, b), (da, db))
-        want = jax.jvp(through_the_svd_rule, (a, b), (da, db))
+        want = jax.jvp(through_the_pinv_rule, (a, b), (da, db))
         for g, w in zip(got, want):
             assert_close(g[0], w[0], 1e-9, err_msg=name)
             assert_close(g[1], w[1], 1e-9, err_msg=name)
@@ -366,7 +373,7 @@ def test_first_order_matches_the_svd_rule_and_finite_differences(kind, complex_)
         reverse = sum(np.real(np.sum(g * d)) for g, d in zip(grads, (da, db)))
         forward = jax.jvp(f, (a, b), (da, db))[1]
         assert_close(reverse, forward, 1e-10, err_msg=name)
-        want_grads = jax.grad(scalar(through_the_svd_rule, weights), argnums=(0, 1))(a, b)
+        want_grads = jax.grad(scalar(through_the_pinv_rule, weights), argnums=(0, 1))(a, b)
         for g, w in zip(grads, want_grads):
             assert_close(g, w, 1e-9, err_msg=name)
 
@@ -375,12 +382,8 @@ def batch_of_one(a, b):
     return jaxlsq.lstsq(a[None], b[None, :, None]).x[0, :, 0]
 
 
-def svd_rule_vector(a, b):
-    return by_the_svd_rule(a, b[:, None])[:, 0]
-
-
 @pytest.mark.parametrize("kind", SHAPES)
-def test_hessian_matches_pinv_and_the_svd_rule(kind):
+def test_hessian_matches_pinv(kind):
     rng = np.random.default_rng(5)
     for name, a in full_rank_cases(rng, kind, False).items():
         m, n = a.shape
@@ -391,11 +394,9 @@ def test_hessian_matches_pinv_and_the_svd_rule(kind):
 
         got = jax.jit(jax.hessian(loss(lambda a, b: jaxlsq.lstsq(a, b).x)))(a)
         by_pinv = jax.hessian(loss(lambda a, b: jnp.linalg.pinv(a) @ b))(a)
-        by_svd_rule = jax.hessian(loss(svd_rule_vector))(a)
         as_a_batch = jax.jit(jax.hessian(loss(batch_of_one)))(a)  # the batch's shortcut
         scale = np.abs(by_pinv).max()
         assert_close(got, by_pinv, 1e-8, atol_scale=scale, err_msg=name)
-        assert_close(got, by_svd_rule, 1e-8, atol_scale=scale, err_msg=name)
         assert_close(as_a_batch, by_pinv, 1e-8, atol_scale=scale, err_msg=name)
 
 
@@ -403,6 +404,6 @@ def test_hessian_matches_pinv_and_the_svd_rule(kind):
 @pytest.mark.parametrize("kind", SHAPES)
 def test_check_grads_second_order(kind, complex_):
     rng = np.random.default_rng(6)
-    m, n = (12, 3) if kind == "tall" else (3, 12)
+    m, n = {"tall": (12, 3), "wide": (3, 12), "square": (4, 4), "near-wide": (3, 5)}[kind]
     a, b = randn(rng, (m, n), complex_), randn(rng, (m, 2), complex_)
     check_grads(lambda a, b: jaxlsq.lstsq(a, b).x, (a, b), order=2, modes=("fwd", "rev"))

@@ -5,7 +5,9 @@ Householder QR, a = Q R, and only R goes through the SVD, R = U diag(s) V^H; a w
 treated the same way through a^H. The left singular vectors Q U are never formed: Q stays as its
 Householder reflectors and is applied to blocks of vectors (LAPACK's ormqr), so a solve with K
 right-hand sides costs one QR, one small SVD and O(M N K). Near-square matrices take the SVD
-directly, which is cheaper there.
+directly, which is cheaper there when the vectors are needed. (The plain solve, jaxlsq.lstsq
+without ridge or weights, takes the QR of every matrix instead and needs no SVD vectors where it
+certifies full rank: see _full_rank.)
 """
 
 from __future__ import annotations

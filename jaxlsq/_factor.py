@@ -20,6 +20,7 @@ from jax import lax
 from jax.custom_batching import custom_vmap
 
 from ._order import after
+from ._scaling import largest, unit_scale
 
 HIGHEST = lax.Precision.HIGHEST
 
@@ -218,7 +219,10 @@ def factorize(a: jax.Array, explicit: bool = False) -> Factor:
     differentiate the result (its QR and SVD rules).
     """
     kind = reduction(a)
-    if kind is None:  # near-square: the SVD directly
+    if kind is None:  # near-square: the SVD directly (LAPACK's gesdd scales a itself)
         u, s, vh = svd(a)
         return Factor(Basis(u), s, Basis(adjoint(vh)))
-    return factor_of_triangular(kind, *triangular_factor(a, explicit))
+    # the QR sees a scaled into LAPACK's safe range (see _scaling); only s carries the scale
+    scale = unit_scale(largest(a))
+    f = factor_of_triangular(kind, *triangular_factor(a * scale[..., None, None], explicit))
+    return Factor(f.left, f.s / scale[..., None], f.right)

@@ -69,6 +69,7 @@ from ._factor import (
     triangular_factor,
 )
 from ._order import after
+from ._scaling import scales
 from ._svd_solve import (
     _apply_pinv,
     gram_values,
@@ -114,8 +115,12 @@ def pinv_solve(
     The derivative takes a itself, whose non-finite entries then make it NaN.
     """
     kind = orientation(a)
-    a_const = lax.stop_gradient(a if a_finite is None else a_finite)
-    b_const = lax.stop_gradient(b)
+    # The factorizations see a and b scaled into LAPACK's safe range (see _scaling), x and the
+    # values are scaled back below. a's scale comes from the given a (a non-finite one gets a
+    # scale it does not use), so that XLA need not form the zeroed copy just to find it.
+    a_scale, b_scale = scales(a, b)
+    a_const = lax.stop_gradient(a if a_finite is None else a_finite) * a_scale
+    b_const = lax.stop_gradient(b) * b_scale
     if kind == "tall":  # R, c = Q^H b (N x K), R^{-1} and R^{-1} c; Q is not needed after
         r, c, r_inv, r_inv_c = _tall_factor(a_const, b_const)
         h = taus = None
@@ -172,7 +177,12 @@ def pinv_solve(
         uncertain = mixed
     t, v, w, s, rank, full = lax.cond(_everyone(flags), certified, uncertain, c)
     x = t if kind == "tall" else reflect(h, after(taus, t, x_core=1), t)
-    return paired_solve(a, b, x, v, w, full), after(s, x, x_core=1), rank
+    # The scaled problem (a_scale A) x' = b_scale b has x = x' a_scale / b_scale and values
+    # s' = a_scale s (exact: powers of two). Its derivative is taken scaled too: the transposed
+    # rule applies W W^H to a cotangent before A, and W W^H = (A^H A)^+ of a tiny A overflows.
+    ratio = a_scale / b_scale
+    x = paired_solve(a * a_scale, b * b_scale, x, v, w, full) * ratio
+    return x, after(s / a_scale[..., 0], x, x_core=1), rank
 
 
 def _inverse(r: jax.Array) -> jax.Array:

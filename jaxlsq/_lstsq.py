@@ -13,6 +13,7 @@ from . import _validate
 from ._factor import matmul
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, weighted_qr_solve
+from ._scaling import scales
 from ._svd_solve import rank_of, ridge_solve, singular_values, singular_values_of, weighted_solve
 
 
@@ -117,7 +118,10 @@ def lstsq(
       (:math:`x = R^{-1} Q^H b`, or :math:`x = Q R^{-H} b` when wide), and the SVD vectors are
       computed only where the rank may be lower. A batch (leading dimensions or ``vmap``) takes
       one such decision for all its problems. Both branches give NumPy's rank, singular values
-      and ``x`` (to rounding) and the same derivatives.
+      and ``x`` (to rounding) and the same derivatives. Like ``gelsd``, a matrix whose largest
+      entry lies outside about [1e-31, 1e31] (float32; [1e-292, 1e292] in float64) is scaled
+      into that range by a power of two, and ``b`` likewise, exactly; with ``l2_regularizer``
+      only the factorization is.
 
       Derivatives (forward, reverse and higher order) come from custom JVP rules, not from
       differentiating the SVD. For ``x`` they implement the constant-rank derivative of the
@@ -322,8 +326,15 @@ def _lstsq_core(
         options_ok = options_ok & valid
     root = None if w is None else jnp.sqrt(w)[..., None].astype(a.dtype)
     if method == "svd":
-        if w is not None:
-            x = weighted_solve(a, b, rcond, jnp.zeros((), w.dtype) if lam is None else lam, w)
+        if w is not None and lam is None:  # scaled as the plain solve is (see _scaling)
+            a_scale, b_scale = scales(a, b)
+            a_s = a * a_scale
+            x = weighted_solve(a_s, b * b_scale, rcond, jnp.zeros((), w.dtype), w)
+            x = x * (a_scale / b_scale)
+            s = singular_values(root * a_s, x) / a_scale[..., 0]
+            rank = rank_of(s, rcond)
+        elif w is not None:  # ridge: not scaled, as lam would scale by a_scale^2 (see README)
+            x = weighted_solve(a, b, rcond, lam, w)
             s = singular_values(root * a, x)
             rank = rank_of(s, rcond)
         elif lam is None:  # its rank needs no singular values where the bound settles it
@@ -342,11 +353,23 @@ def _lstsq_core(
         b_m = jnp.broadcast_to(b, (*batch, *b.shape[-2:]))
         w_m = None if w is None else jnp.broadcast_to(w, (*batch, w.shape[-1]))
         lam = None if lam is None else jnp.broadcast_to(lam, batch)
+        # a and b scaled by powers of two (see _scaling): into LAPACK's safe range for the QR,
+        # to a largest entry in [1/2, 1) for the normal equations, whose Gram matrix squares the
+        # entries. lam scales by a_scale^2; where that overflows (lam beyond every s^2 by far)
+        # a keeps its own scale.
+        cholesky = method == "cholesky"
+        a_scale, b_scale = scales(a_m, b_m, always=cholesky)
+        if lam is not None:
+            fits = jnp.isfinite(lam * a_scale[..., 0, 0] * a_scale[..., 0, 0])
+            a_scale = jnp.where(fits[..., None, None], a_scale, 1)
+        a_m, b_m = a_m * a_scale, b_m * b_scale
         if method == "qr":
             x, rank = weighted_qr_solve(a_m, b_m, w_m, rcond)
         else:
             lam = jnp.zeros((), rcond.dtype) if lam is None else lam
+            lam = lam * a_scale[..., 0, 0] * a_scale[..., 0, 0]  # 0 stays 0 (a_scale^2 may not)
             x, rank = cholesky_solve(a_m, b_m, lam, w_m)
+        x = x * (a_scale / b_scale)
         s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
     residuals = _squared_norms(b - matmul(a_given, x), w)
     poison = _validate.nan_unless(options_ok) + tie

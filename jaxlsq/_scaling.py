@@ -1,0 +1,53 @@
+"""Scaling by powers of two, for matrices whose entries are all tiny or all huge.
+
+LAPACK's gelsd scales a (and b) when max |a_ij| lies outside [smlnum, 1 / smlnum], smlnum =
+safmin / eps (about 1e-31 in float32, 1e-292 in float64), and scales the answer back. JAX's QR
+does not, and XLA flushes subnormal numbers to zero: the Householder QR of a matrix whose entries
+are all below smlnum rounds its intermediate values to the absolute level of safmin, a relative
+error of safmin / max |a_ij| or more (5x5 float32 at 1e-35: 9e-4 in x). At the other end, norms
+overflow. A power of two scales exactly, so a matrix inside the range keeps scale 1 and every
+bit of its answer, and a scaled one gets the answer of the scaled problem, scaled back exactly.
+Subnormal entries of the input itself are read as zero by XLA before any scaling; no scaling
+recovers them (jnp.linalg.lstsq loses them too).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def largest(x: jax.Array) -> jax.Array:
+    """max |x_ij| of each matrix of x (..., M, N), shape (...); 0 where the matrix is empty.
+    Meaningless where x is not finite (XLA's CPU reductions may drop NaN): callers check
+    finiteness on their own and do not use the scale there."""
+    x = lax.stop_gradient(x)
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        return jnp.zeros(x.shape[:-2], jnp.finfo(x.dtype).dtype)
+    return jnp.max(jnp.abs(x), axis=(-2, -1))
+
+
+def unit_scale(big: jax.Array, always: bool = False) -> jax.Array:
+    """A power of two per matrix from its largest magnitude big (largest's output): 2^-e with
+    big = f 2^e, f in [0.5, 1), where big lies outside [safmin / eps, eps / safmin] (anywhere
+    with always), else 1 (also for a zero or non-finite matrix). It carries no derivative: a
+    constant of the problem, its derivative zero where it is constant and undefined at jumps."""
+    info = jnp.finfo(big.dtype)
+    small = float(info.tiny) / float(info.eps)
+    outside = (big > 0) & (big < jnp.inf)
+    if not always:
+        outside = outside & ((big < small) | (big > 1 / small))
+    _, e = jnp.frexp(jnp.where(outside, big, 1))
+    # 2^-e stays a normal number: e in [minexp, maxexp - 1] (float32: 2^-125 to 2^127)
+    e = jnp.clip(-e, info.minexp, info.maxexp - 1)
+    return jnp.where(outside, jnp.ldexp(jnp.ones((), big.dtype), e), 1).astype(big.dtype)
+
+
+def scales(a: jax.Array, b: jax.Array, always: bool = False) -> tuple[jax.Array, jax.Array]:
+    """unit_scale of a (..., M, N) and of b (..., M, K), each of shape (..., 1, 1): the problem
+    (a_scale a) x' = b_scale b has x = x' a_scale / b_scale and singular values s' = a_scale s.
+    No derivative: products with them pass a's and b's on."""
+    a_scale = unit_scale(largest(a), always)[..., None, None]
+    b_scale = unit_scale(largest(b), always)[..., None, None]
+    return a_scale, b_scale

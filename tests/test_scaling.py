@@ -1,0 +1,148 @@
+"""Matrices whose entries are all tiny or all huge, outside LAPACK's safe range.
+
+Each problem is a well-conditioned float64 one (a0, b0) times powers of two: a = 2^ka a0,
+b = 2^kb b0, exact in the tested dtype (entries of a0 and b0 lie in [1/2, 2] in magnitude, so
+no scaled entry is subnormal). Then x = 2^(kb - ka) x0, s = 2^ka s0 and the rank is a0's, with
+x0 and s0 from NumPy in float64: every route must give them to the dtype's usual tolerance, as
+LAPACK's gelsd (which scales) does. ka lies beyond safmin / eps (about 1e-31 in float32, 1e-292
+in float64) or its inverse, where an unscaled Householder QR loses digits to flushed subnormal
+intermediates or overflows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, pinv_solve, rtol
+
+import jaxlsq
+
+# log2 of the scales, beyond safmin / eps and its inverse (about 2^-103 and 2^103 in float32,
+# 2^-970 and 2^970 in float64): tiny (float32 2^-120 ~ 8e-37: an unscaled QR then errs by about
+# safmin / max|a| ~ 1e-2) and huge (2^122 ~ 5e36, singular values still below 2^128).
+TINY = {np.float32: -120, np.float64: -1015}
+HUGE = {np.float32: 122, np.float64: 1018}
+SHAPES = [(30, 6), (6, 30), (6, 6), (9, 6), (6, 9)]
+
+
+def _entries(rng, shape):
+    """Random signs times magnitudes in [1/2, 2]: exact and normal after any tested scaling."""
+    return rng.choice([-1.0, 1.0], shape) * rng.uniform(0.5, 2.0, shape)
+
+
+def _problem(seed, shape, k=2):
+    rng = np.random.default_rng(seed)
+    return _entries(rng, shape), _entries(rng, (shape[0], k))
+
+
+def _scales(dtype):
+    """(ka, kb) pairs whose x = 2^(kb - ka) x0 has no subnormal entries (b tiny with a of order
+    one would have them; a tiny with b is covered)."""
+    t, h = TINY[dtype], HUGE[dtype]
+    return [(t, t), (t, t // 2), (h, h), (h, h // 2), (0, h)]
+
+
+def _scaled(x, k, dtype):
+    return np.ldexp(np.asarray(x, np.float64), k).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+def test_plain_solve_matches_numpy_at_extreme_scales(dtype, shape, jit):
+    a0, b0 = _problem(0, shape)
+    x0, _, rank0, s0 = np.linalg.lstsq(a0, b0, rcond=None)
+    solve = jax.jit(jaxlsq.lstsq) if jit else jaxlsq.lstsq
+    for ka, kb in _scales(dtype):
+        a, b = _scaled(a0, ka, dtype), _scaled(b0, kb, dtype)
+        out = solve(a, b)
+        tag = f"a = 2^{ka} a0, b = 2^{kb} b0"
+        assert_close(np.ldexp(np.asarray(out.x, np.float64), ka - kb), x0, rtol(dtype), 0, tag)
+        assert_close(np.ldexp(np.asarray(out.singular_values, np.float64), -ka), s0, rtol(dtype))
+        assert int(out.rank) == rank0, tag
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_with_each_problem_at_its_own_scale(dtype):
+    """One batch, problems tiny, huge and ordinary side by side (the per-problem scale), on the
+    batched path of small problems (unrolled triangular solves from 1024 problems)."""
+    n_problems, shape = 1030, (12, 3)
+    rng = np.random.default_rng(1)
+    a0 = _entries(rng, (n_problems, *shape))
+    b0 = _entries(rng, (n_problems, shape[0], 1))
+    pairs = np.array(_scales(dtype) + [(0, 0)])
+    ka, kb = pairs[rng.integers(len(pairs), size=n_problems)].T
+    a = np.ldexp(a0, ka[:, None, None]).astype(dtype)
+    b = np.ldexp(b0, kb[:, None, None]).astype(dtype)
+    x0 = np.stack([np.linalg.lstsq(p, q, rcond=None)[0] for p, q in zip(a0, b0)])
+    for out in (jaxlsq.lstsq(a, b), jax.vmap(jaxlsq.lstsq)(a, b)):
+        x = np.ldexp(np.asarray(out.x, np.float64), (ka - kb)[:, None, None])
+        assert_close(x, x0, rtol(dtype), 0)
+        np.testing.assert_array_equal(np.asarray(out.rank), 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(30, 6), (6, 30)])
+@pytest.mark.parametrize("route", ["weights", "qr", "cholesky", "factorize", "ridge", "ridge_zero"])
+def test_other_routes_match_numpy_at_extreme_scales(dtype, shape, route):
+    """Weights and the qr and cholesky methods scale a and b as the plain solve does. factorize
+    and l2_regularizer scale a's QR but solve with b as given (README, Known issues): b tiny
+    (a tiny with it) is left out for them, and for lam = 1 a tiny a, whose x would underflow."""
+    a0, b0 = _problem(2, shape)
+    w = np.random.default_rng(3).uniform(0.5, 2.0, shape[0])
+    lam = 1.0
+    pairs = _scales(dtype)
+    t = TINY[dtype]
+    if route in ("factorize", "ridge", "ridge_zero"):
+        pairs = [(ka, kb) for ka, kb in pairs if kb > t]
+    if route == "ridge":
+        pairs = [(ka, kb) for ka, kb in pairs if ka >= 0]
+    for ka, kb in pairs:
+        a, b = _scaled(a0, ka, dtype), _scaled(b0, kb, dtype)
+        a64, b64 = np.ldexp(a0, ka), np.ldexp(b0, kb)  # the same problem in float64
+        if route == "weights":
+            x = jaxlsq.lstsq(a, b, weights=w.astype(dtype)).x
+            root = np.sqrt(w)[:, None]
+            want = np.linalg.lstsq(root * a64, root * b64, rcond=None)[0]
+        elif route in ("qr", "cholesky"):
+            x = jaxlsq.lstsq(a, b, method=route).x
+            want = np.linalg.lstsq(a64, b64, rcond=None)[0]
+        elif route == "factorize":
+            f = jaxlsq.factorize(a)
+            x = f.solve(b)
+            want = np.linalg.lstsq(a64, b64, rcond=None)[0]
+            s = np.ldexp(np.asarray(f.singular_values, np.float64), -ka)
+            assert_close(s, np.linalg.svd(a0, compute_uv=False), rtol(dtype))
+        else:  # ridge: lam = 1 dominates a tiny a and vanishes beside a huge one
+            lam_r = lam if route == "ridge" else 0.0
+            x = jaxlsq.lstsq(a, b, l2_regularizer=lam_r).x
+            u, s, vh = np.linalg.svd(a64, full_matrices=False)
+            want = vh.T @ ((1 / (s + lam_r / s))[:, None] * (u.T @ b64))
+        scale = np.max(np.abs(want))
+        assert_close(
+            np.asarray(x, np.float64) / scale, want / scale, rtol(dtype), 0, f"{route} {ka} {kb}"
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(30, 6), (6, 30), (6, 6)])
+def test_gradients_at_extreme_scales(dtype, shape):
+    """grad of sum(c * x) in (a, b), b scaled with a so that x stays of order one: the
+    gradients are 2^-k times those of the unscaled problem (jnp.linalg.pinv's rule, float64).
+    At the huge end k = 104 (float32) or 975 (float64), beyond eps / safmin but with gradients
+    2^-k above the subnormal range."""
+    a0, b0 = _problem(4, shape)
+    c = np.random.default_rng(5).standard_normal((shape[1], b0.shape[1]))
+
+    def loss(solve):
+        return lambda a, b: jnp.sum(c.astype(a.dtype) * solve(a, b))
+
+    want = jax.grad(loss(lambda a, b: pinv_solve(a, b, None)), argnums=(0, 1))(a0, b0)
+    grad = jax.jit(jax.grad(loss(lambda a, b: jaxlsq.lstsq(a, b).x), argnums=(0, 1)))
+    for k in (TINY[dtype], {np.float32: 104, np.float64: 975}[dtype]):
+        got = grad(_scaled(a0, k, dtype), _scaled(b0, k, dtype))
+        for g, w, name in zip(got, want, "ab"):
+            g = np.ldexp(np.asarray(g, np.float64), k)
+            assert_close(g, np.asarray(w), 10 * rtol(dtype), err_msg=f"d/d{name} at 2^{k}")

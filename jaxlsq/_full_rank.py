@@ -69,7 +69,7 @@ from ._factor import (
     triangular_factor,
 )
 from ._order import after
-from ._scaling import scales
+from ._scaling import scaled_back, scales
 from ._svd_solve import (
     _apply_pinv,
     gram_values,
@@ -180,8 +180,7 @@ def pinv_solve(
     # The scaled problem (a_scale A) x' = b_scale b has x = x' a_scale / b_scale and values
     # s' = a_scale s (exact: powers of two). Its derivative is taken scaled too: the transposed
     # rule applies W W^H to a cotangent before A, and W W^H = (A^H A)^+ of a tiny A overflows.
-    ratio = a_scale / b_scale
-    x = paired_solve(a * a_scale, b * b_scale, x, v, w, full) * ratio
+    x = scaled_back(paired_solve(a * a_scale, b * b_scale, x, v, w, full), a_scale, b_scale)
     return x, after(s / a_scale[..., 0], x, x_core=1), rank
 
 

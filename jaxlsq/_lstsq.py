@@ -13,7 +13,7 @@ from . import _validate
 from ._factor import matmul
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, weighted_qr_solve
-from ._scaling import scales
+from ._scaling import scaled_back, scales
 from ._svd_solve import rank_of, ridge_solve, singular_values, singular_values_of, weighted_solve
 
 
@@ -327,12 +327,15 @@ def _lstsq_core(
     root = None if w is None else jnp.sqrt(w)[..., None].astype(a.dtype)
     if method == "svd":
         if w is not None and lam is None:  # scaled as the plain solve is (see _scaling)
-            a_scale, b_scale = scales(a, b)
+            # (the scales of the weighted problem, which zero-weight rows do not touch; the rank
+            # from the scaled values, whose smallest ones could underflow when scaled back)
+            a_scale, b_scale = scales(root * a, root * b)
             a_s = a * a_scale
             x = weighted_solve(a_s, b * b_scale, rcond, jnp.zeros((), w.dtype), w)
-            x = x * (a_scale / b_scale)
-            s = singular_values(root * a_s, x) / a_scale[..., 0]
+            x = scaled_back(x, a_scale, b_scale)
+            s = singular_values(root * a_s, x)
             rank = rank_of(s, rcond)
+            s = s / a_scale[..., 0]
         elif w is not None:  # ridge: not scaled, as lam would scale by a_scale^2 (see README)
             x = weighted_solve(a, b, rcond, lam, w)
             s = singular_values(root * a, x)
@@ -356,9 +359,11 @@ def _lstsq_core(
         # a and b scaled by powers of two (see _scaling): into LAPACK's safe range for the QR,
         # to a largest entry in [1/2, 1) for the normal equations, whose Gram matrix squares the
         # entries. lam scales by a_scale^2; where that overflows (lam beyond every s^2 by far)
-        # a keeps its own scale.
+        # a keeps scale 1, as before the scaling (whose conditioning check may then fail: NaN).
+        # The scales are the weighted problem's: rows of weight 0 do not set them.
         cholesky = method == "cholesky"
-        a_scale, b_scale = scales(a_m, b_m, always=cholesky)
+        root_m = 1 if w_m is None else jnp.sqrt(w_m)[..., None].astype(a.dtype)
+        a_scale, b_scale = scales(root_m * a_m, root_m * b_m, always=cholesky)
         if lam is not None:
             fits = jnp.isfinite(lam * a_scale[..., 0, 0] * a_scale[..., 0, 0])
             a_scale = jnp.where(fits[..., None, None], a_scale, 1)
@@ -369,7 +374,7 @@ def _lstsq_core(
             lam = jnp.zeros((), rcond.dtype) if lam is None else lam
             lam = lam * a_scale[..., 0, 0] * a_scale[..., 0, 0]  # 0 stays 0 (a_scale^2 may not)
             x, rank = cholesky_solve(a_m, b_m, lam, w_m)
-        x = x * (a_scale / b_scale)
+        x = scaled_back(x, a_scale, b_scale)
         s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
     residuals = _squared_norms(b - matmul(a_given, x), w)
     poison = _validate.nan_unless(options_ok) + tie

@@ -28,26 +28,45 @@ def largest(x: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(x), axis=(-2, -1))
 
 
-def unit_scale(big: jax.Array, always: bool = False) -> jax.Array:
+def unit_scale(big: jax.Array, always: bool = False, to_edge: bool = False) -> jax.Array:
     """A power of two per matrix from its largest magnitude big (largest's output): 2^-e with
     big = f 2^e, f in [0.5, 1), where big lies outside [safmin / eps, eps / safmin] (anywhere
-    with always), else 1 (also for a zero or non-finite matrix). It carries no derivative: a
-    constant of the problem, its derivative zero where it is constant and undefined at jumps."""
+    with always), else 1 (also for a zero or non-finite matrix). With to_edge a big above the
+    range is brought only just inside it (f 2^(log2(eps / safmin))), as gelsd scales b: entries
+    far below the largest then stay above the subnormal range. No derivative: a constant of the
+    problem, its derivative zero where it is constant and undefined at jumps."""
     info = jnp.finfo(big.dtype)
     small = float(info.tiny) / float(info.eps)
     outside = (big > 0) & (big < jnp.inf)
     if not always:
         outside = outside & ((big < small) | (big > 1 / small))
     _, e = jnp.frexp(jnp.where(outside, big, 1))
-    # 2^-e stays a normal number: e in [minexp, maxexp - 1] (float32: 2^-125 to 2^127)
+    if to_edge:  # eps / safmin = 2^edge exactly
+        edge = -info.minexp - info.nmant  # float32: 126 - 23 = 103
+        e = jnp.where(big > 1 / small, e - edge, e)
+    # 2^-e stays a normal number: -e in [minexp, maxexp - 1] (float32: 2^-126 to 2^127)
     e = jnp.clip(-e, info.minexp, info.maxexp - 1)
     return jnp.where(outside, jnp.ldexp(jnp.ones((), big.dtype), e), 1).astype(big.dtype)
 
 
 def scales(a: jax.Array, b: jax.Array, always: bool = False) -> tuple[jax.Array, jax.Array]:
-    """unit_scale of a (..., M, N) and of b (..., M, K), each of shape (..., 1, 1): the problem
+    """Scales of a (..., M, N) and b (..., M, K), each of shape (..., 1, 1): the problem
     (a_scale a) x' = b_scale b has x = x' a_scale / b_scale and singular values s' = a_scale s.
-    No derivative: products with them pass a's and b's on."""
+    a is brought to a largest entry in [1/2, 1) (the derivative's (A^H A)^+ of a tiny a would
+    overflow at the edge of the range); b, whose entries far below its largest would be flushed
+    to zero there, only just inside the range when it is huge (a tiny b has no such entries:
+    they were subnormal to begin with). always applies to a. No derivative: products with them
+    pass a's and b's on."""
     a_scale = unit_scale(largest(a), always)[..., None, None]
-    b_scale = unit_scale(largest(b), always)[..., None, None]
+    b_scale = unit_scale(largest(b), to_edge=True)[..., None, None]
     return a_scale, b_scale
+
+
+def scaled_back(x: jax.Array, a_scale: jax.Array, b_scale: jax.Array) -> jax.Array:
+    """x = x' a_scale / b_scale for the solution x' of the scaled problem: by the ratio where it
+    is a normal number, else by one factor after the other (a tiny a with a huge b: the ratio
+    overflows where x itself need not). The unused branch gets a ratio of 1, so that its zero
+    cotangent stays zero."""
+    ratio = a_scale / b_scale
+    normal = (ratio >= jnp.finfo(ratio.dtype).tiny) & (ratio < jnp.inf)
+    return jnp.where(normal, x * jnp.where(normal, ratio, 1), x * a_scale / b_scale)

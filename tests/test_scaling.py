@@ -146,3 +146,50 @@ def test_gradients_at_extreme_scales(dtype, shape):
         for g, w, name in zip(got, want, "ab"):
             g = np.ldexp(np.asarray(g, np.float64), k)
             assert_close(g, np.asarray(w), 10 * rtol(dtype), err_msg=f"d/d{name} at 2^{k}")
+
+
+@pytest.mark.parametrize("method", ["svd", "qr", "cholesky"])
+def test_zero_weight_rows_do_not_set_the_scale(method):
+    """The scales are those of the weighted problem: a huge entry in a row of weight 0 (of b,
+    or of a) must not flush the rows that count (found in review: x was 0, or NaN)."""
+    a = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    b = np.array([1e-3, 2e-3, 1e36], np.float32)
+    x = jaxlsq.lstsq(a, b, weights=np.array([1, 1, 0], np.float32), method=method).x
+    assert_close(x, [1e-3, 2e-3], rtol(np.float32), 0)
+    a = np.array([[1e35, 1e35], [1e-3, 2e-3], [3e-3, -1e-3], [2e-3, 2e-3]], np.float32)
+    b = np.array([1, 1e-3, 2e-3, 1e-3], np.float32)
+    x = jaxlsq.lstsq(a, b, weights=np.array([0, 1, 1, 1], np.float32), method=method).x
+    want = np.linalg.lstsq(a[1:].astype(np.float64), b[1:].astype(np.float64), rcond=None)[0]
+    assert_close(x, want, 10 * rtol(np.float32), 0)
+
+
+@pytest.mark.parametrize("method", ["svd", "qr", "cholesky"])
+@pytest.mark.parametrize("weights", [False, True])
+@pytest.mark.parametrize(
+    "dtype, a, b",
+    [
+        # a tiny, b huge: a_scale / b_scale overflows where x = 2^100 (2^900) does not
+        (np.float32, [[2.0**-110], [0]], [2.0**-10, 2.0**110]),
+        (np.float64, [[2.0**-1000], [0]], [2.0**-100, 2.0**1000]),
+        # b huge with the entry that counts 2^133 below its largest: scaling b's largest to
+        # one would flush it; gelsd (and jaxlsq) bring b only just inside the range
+        (np.float32, [[1.0], [0]], [1e-8, 1e32]),
+        (np.float32, [[1.0], [1.0]], [1e-8, 1e32]),
+    ],
+)
+def test_a_and_b_at_opposite_or_wide_scales(method, weights, dtype, a, b):
+    a, b = np.array(a, dtype), np.array(b, dtype)
+    w = np.ones(len(b), dtype) if weights else None
+    x = jaxlsq.lstsq(a, b, weights=w, method=method).x
+    want = np.linalg.lstsq(a.astype(np.float64), b.astype(np.float64), rcond=None)[0]
+    assert_close(np.asarray(x, np.float64) / want, np.ones_like(want), rtol(dtype), 0)
+
+
+def test_weighted_rank_is_the_plain_one_for_a_tiny_a():
+    """The weighted solve takes its rank from the scaled singular values, as the plain solve
+    does: scaled back, the smallest (2^-131 here) would be flushed to zero first."""
+    a = np.ldexp(np.array([[1, 1], [1, 1 + 2.0**-20]]), -110).astype(np.float32)
+    b = np.ones(2, np.float32)
+    plain = jaxlsq.lstsq(a, b, rcond=1e-8)
+    weighted = jaxlsq.lstsq(a, b, rcond=1e-8, weights=np.ones(2, np.float32))
+    assert int(plain.rank) == int(weighted.rank) == 2

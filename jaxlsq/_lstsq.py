@@ -362,8 +362,8 @@ def _lstsq_core(
         # a keeps scale 1, as before the scaling (whose conditioning check may then fail: NaN).
         # The scales are the weighted problem's: rows of weight 0 do not set them.
         cholesky = method == "cholesky"
-        root_m = 1 if w_m is None else jnp.sqrt(w_m)[..., None].astype(a.dtype)
-        a_scale, b_scale = scales(root_m * a_m, root_m * b_m, always=cholesky)
+        weighted = 1 if root is None else root
+        a_scale, b_scale = scales(weighted * a_m, weighted * b_m, always=cholesky)
         if lam is not None:
             fits = jnp.isfinite(lam * a_scale[..., 0, 0] * a_scale[..., 0, 0])
             a_scale = jnp.where(fits[..., None, None], a_scale, 1)

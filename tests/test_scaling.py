@@ -187,9 +187,12 @@ def test_a_and_b_at_opposite_or_wide_scales(method, weights, dtype, a, b):
 
 def test_weighted_rank_is_the_plain_one_for_a_tiny_a():
     """The weighted solve takes its rank from the scaled singular values, as the plain solve
-    does: scaled back, the smallest (2^-131 here) would be flushed to zero first."""
-    a = np.ldexp(np.array([[1, 1], [1, 1 + 2.0**-20]]), -110).astype(np.float32)
+    does: scaled back, the smallest (2^-131 here) would be flushed to zero first. Both must give
+    NumPy's rank of the unscaled matrix (2: its values' ratio is about 2^-22 > rcond)."""
+    a0 = np.array([[1, 1], [1, 1 + 2.0**-20]])
+    a = np.ldexp(a0, -110).astype(np.float32)
     b = np.ones(2, np.float32)
+    want = np.linalg.lstsq(a0, np.ones(2), rcond=1e-8)[2]
     plain = jaxlsq.lstsq(a, b, rcond=1e-8)
     weighted = jaxlsq.lstsq(a, b, rcond=1e-8, weights=np.ones(2, np.float32))
-    assert int(plain.rank) == int(weighted.rank) == 2
+    assert int(plain.rank) == int(weighted.rank) == want == 2

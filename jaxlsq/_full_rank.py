@@ -69,7 +69,7 @@ from ._factor import (
     triangular_factor,
 )
 from ._order import after
-from ._scaling import scaled_back, scales
+from ._scaling import frobenius, scaled_back, scales
 from ._svd_solve import (
     _apply_pinv,
     gram_values,
@@ -244,7 +244,7 @@ def _certainly_full(r: jax.Array, r_inv: jax.Array, rcond: jax.Array) -> jax.Arr
     the computed R^{-1}, whose relative error stays below about n eps cond(R)."""
     n = r.shape[-1]
     floor = 4 * n * jnp.finfo(r.dtype).eps
-    bound = _norm(r) * _norm(r_inv) * jnp.maximum(rcond, floor)
+    bound = frobenius(r) * frobenius(r_inv) * jnp.maximum(rcond, floor)
     return bound < 0.25  # False also where R^{-1} is not finite (NaN)
 
 
@@ -256,15 +256,6 @@ def _surely_deficient(r: jax.Array, rcond: jax.Array) -> jax.Array:
     then pick it too, at the cost of an SVD without vectors); either branch is right."""
     d = jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1))
     return jnp.all(jnp.min(d, axis=-1) <= rcond * jnp.max(d, axis=-1))
-
-
-def _norm(x: jax.Array) -> jax.Array:
-    """Frobenius norm of each matrix without overflow: scaled by its largest entry."""
-    big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-    safe = jnp.where(big > 0, big, 1)
-    return (big * jnp.sqrt(jnp.sum(jnp.abs(x / safe) ** 2, axis=(-2, -1), keepdims=True)))[
-        ..., 0, 0
-    ]
 
 
 # Batches of at least UNROLLED_BATCH problems of order up to UNROLLED_ORDER have their triangular

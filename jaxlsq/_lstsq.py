@@ -13,7 +13,7 @@ from . import _validate
 from ._factor import matmul
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, weighted_qr_solve
-from ._scaling import scaled_back, scales
+from ._scaling import regularized, scaled_back, scales
 from ._svd_solve import rank_of, ridge_solve, singular_values, singular_values_of, weighted_solve
 
 
@@ -358,15 +358,13 @@ def _lstsq_core(
         lam = None if lam is None else jnp.broadcast_to(lam, batch)
         # a and b scaled by powers of two (see _scaling): into LAPACK's safe range for the QR,
         # to a largest entry in [1/2, 1) for the normal equations, whose Gram matrix squares the
-        # entries. lam scales by a_scale^2; where that overflows (lam beyond every s^2 by far)
-        # a keeps scale 1, as before the scaling (whose conditioning check may then fail: NaN).
-        # The scales are the weighted problem's: rows of weight 0 do not set them.
+        # entries. lam scales by a_scale^2, kept far from overflow (see regularized). The
+        # scales are the weighted problem's: rows of weight 0 do not set them.
         cholesky = method == "cholesky"
         weighted = 1 if root is None else root
         a_scale, b_scale = scales(weighted * a_m, weighted * b_m, always=cholesky)
         if lam is not None:
-            fits = jnp.isfinite(lam * a_scale[..., 0, 0] * a_scale[..., 0, 0])
-            a_scale = jnp.where(fits[..., None, None], a_scale, 1)
+            a_scale = regularized(a_scale, lam)
         a_m, b_m = a_m * a_scale, b_m * b_scale
         if method == "qr":
             x, rank = weighted_qr_solve(a_m, b_m, w_m, rcond)

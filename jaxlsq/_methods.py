@@ -28,6 +28,7 @@ from jax import lax
 
 from ._factor import adjoint, matmul
 from ._order import after
+from ._scaling import frobenius
 
 
 def _diagonal_check(d: jax.Array, ratio: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -148,19 +149,30 @@ def _well_conditioned(
 ) -> jax.Array:
     """1 / cond(G) > threshold, estimated: a Rayleigh quotient after inverse iteration (an upper
     bound on the smallest eigenvalue, tight once it has converged) over ||G||_F (>= the largest).
-    Its triangular solves wait for the solve's last one, z (see _order)."""
+    Its triangular solves wait for the solve's last one, z (see _order).
+
+    Every step solves with step v, step = ||G||_F rounded up to a power of two (>= the largest
+    eigenvalue), so that the iterates never shrink: v grows by a factor between 1 and
+    2 sqrt(k) cond(G) per step, far from overflow wherever the check can pass (an overflowing
+    iterate gives a NaN estimate, which fails it). Plain steps with v shrank by 1 / lam per step
+    where lam dominates G (a large lam in the scaled problem: G of norm 2^80 took v to 2^-240).
+    v is brought to a largest entry of 1 before the quotient, and the norms are taken scaled, as
+    their squares would leave the range first."""
     k = gram.shape[-1]
+    largest = frobenius(gram)
+    _, e = jnp.frexp(jnp.where((largest > 0) & (largest < jnp.inf), largest, 1))
+    step = jnp.ldexp(jnp.ones((), largest.dtype), e).astype(gram.dtype)[..., None, None]
     v = jnp.broadcast_to(
         jnp.linspace(1.0, 2.0, k, dtype=gram.dtype)[:, None], (*gram.shape[:-1], 1)
     )
     v = after(v, lax.stop_gradient(z))
     for _ in range(3):
-        y = lax.linalg.triangular_solve(chol, v, left_side=True, lower=True)
+        y = lax.linalg.triangular_solve(chol, step * v, left_side=True, lower=True)
         v = lax.linalg.triangular_solve(
             chol, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True
         )
-        v = v / jnp.linalg.norm(v, axis=(-2, -1), keepdims=True)
-    smallest = jnp.real(jnp.sum(jnp.conj(v) * matmul(gram, v), axis=(-2, -1)))
-    largest = jnp.linalg.norm(gram, axis=(-2, -1))
+    v = v / jnp.max(jnp.abs(v), axis=(-2, -1), keepdims=True)
+    quotient = jnp.sum(jnp.conj(v) * matmul(gram, v), axis=(-2, -1))
+    smallest = jnp.real(quotient) / jnp.sum(jnp.abs(v) ** 2, axis=(-2, -1))
     ratio = lax.stop_gradient(smallest / largest)  # a decision, not a quantity to differentiate
     return jnp.isfinite(ratio) & (ratio > threshold)

@@ -28,6 +28,16 @@ def largest(x: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(x), axis=(-2, -1))
 
 
+def frobenius(x: jax.Array) -> jax.Array:
+    """Frobenius norm of each matrix of x (..., M, N) without overflow or underflow of the
+    squares: scaled by its largest entry."""
+    big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+    safe = jnp.where(big > 0, big, 1)
+    return (big * jnp.sqrt(jnp.sum(jnp.abs(x / safe) ** 2, axis=(-2, -1), keepdims=True)))[
+        ..., 0, 0
+    ]
+
+
 def unit_scale(big: jax.Array, always: bool = False, to_edge: bool = False) -> jax.Array:
     """A power of two per matrix from its largest magnitude big (largest's output): 2^-e with
     big = f 2^e, f in [0.5, 1), where big lies outside [safmin / eps, eps / safmin] (anywhere
@@ -60,6 +70,21 @@ def scales(a: jax.Array, b: jax.Array, always: bool = False) -> tuple[jax.Array,
     a_scale = unit_scale(largest(a), always)[..., None, None]
     b_scale = unit_scale(largest(b), to_edge=True)[..., None, None]
     return a_scale, b_scale
+
+
+def regularized(a_scale: jax.Array, lam: jax.Array) -> jax.Array:
+    """a_scale for the normal equations with lam (..., a_scale's batch shape), where lam a_scale^2
+    joins the scaled Gram matrix's diagonal: where a is scaled up, by no more than keeps
+    lam a_scale^2 below 1 (and at least by 1; lam = 0 leaves a_scale as it is). Where that caps
+    the scale, lam exceeds a's entries squared: the scaled Gram matrix and lam then lie near or
+    below 1, far from overflow, and the solve's x' ~ A^H b / (lam a_scale^2) is no smaller than
+    A^H b. (Scaled to a largest entry of 1, a at 2^-60 with lam = 1000 took lam to 2^128, and at
+    2^-100 with lam = 1 took x' below the normal range.)"""
+    scale = a_scale[..., 0, 0]
+    _, e = jnp.frexp(jnp.where((lam > 0) & (lam < jnp.inf), lam, 1).astype(scale.dtype))
+    # lam < 2^e, so lam 2^(2 j) < 1 for j = -e // 2
+    cap = jnp.ldexp(jnp.ones((), scale.dtype), jnp.clip(-e // 2, 0, None))
+    return jnp.where((scale > 1) & (lam > 0), jnp.minimum(scale, cap), scale)[..., None, None]
 
 
 def scaled_back(x: jax.Array, a_scale: jax.Array, b_scale: jax.Array) -> jax.Array:

@@ -196,3 +196,38 @@ def test_weighted_rank_is_the_plain_one_for_a_tiny_a():
     plain = jaxlsq.lstsq(a, b, rcond=1e-8)
     weighted = jaxlsq.lstsq(a, b, rcond=1e-8, weights=np.ones(2, np.float32))
     assert int(plain.rank) == int(weighted.rank) == want == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(30, 6), (6, 30)])
+@pytest.mark.parametrize("weights", [False, True])
+def test_cholesky_with_a_large_regularizer_after_scaling(dtype, shape, weights):
+    """method="cholesky" scales a to a largest entry near 1 and lam by a_scale^2. Where that
+    makes lam's diagonal huge but finite (a at 2^-40 with lam = 1: 2^80 in float32), the normal
+    equations hold x = A^H b / lam to rounding, yet the conditioning check overflowed ||G||_F and
+    underflowed its iterates: x was NaN (found after a42cb3f). Also lam = 1e30 (float32) or
+    1e290 (float64) beside an ordinary a, lam = 1 beside a at 2^-100 (float32; scaled to a largest
+    entry of 1, x' = A^H b / lam a_scale^2 fell below the normal range) or 2^-900 (float64), and
+    lam = 0 (a tiny a scaled fully)."""
+    a0, b0 = _problem(6, shape)
+    w = np.random.default_rng(7).uniform(0.5, 2.0, shape[0])
+    cases = {
+        np.float32: [(-40, 1.0), (-20, 1e-3), (-60, 1e3), (0, 1e30), (-100, 1.0), (-120, 0.0)],
+        np.float64: [(-300, 1.0), (-200, 1e-3), (0, 1e290), (-900, 1.0), (-1015, 0.0)],
+    }[dtype]
+    for ka, lam in cases:
+        a64 = np.ldexp(a0, ka)
+        root = np.sqrt(w)[:, None] if weights else 1.0
+        u, s, vh = np.linalg.svd(root * a64, full_matrices=False)
+        want = vh.T @ ((1 / (s + lam / s))[:, None] * (u.T @ (root * b0)))
+        out = jaxlsq.lstsq(
+            _scaled(a0, ka, dtype),
+            b0.astype(dtype),
+            method="cholesky",
+            l2_regularizer=lam,
+            weights=w.astype(dtype) if weights else None,
+        )
+        scale = np.max(np.abs(want))
+        tag = f"a = 2^{ka} a0, lam = {lam}"
+        assert_close(np.asarray(out.x, np.float64) / scale, want / scale, rtol(dtype), 0, tag)
+        assert int(out.rank) == min(shape), tag

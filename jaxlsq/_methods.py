@@ -153,8 +153,10 @@ def _well_conditioned(
 
     Every step solves with step v, step = ||G||_F rounded up to a power of two (>= the largest
     eigenvalue), so that the iterates never shrink: v grows by a factor between 1 and
-    2 sqrt(k) cond(G) per step, far from overflow wherever the check can pass (an overflowing
-    iterate gives a NaN estimate, which fails it). Plain steps with v shrank by 1 / lam per step
+    2 sqrt(k) cond(G) per step, far from overflow wherever the check can pass unless ||G||_F
+    itself lies within about (2 sqrt(k))^3 of the largest float (an overflowing iterate gives a
+    NaN estimate, which fails the check: lam = 5e37 in float32 or 1e306 in float64 still gives
+    NaN, as it did before). Plain steps with v shrank by 1 / lam per step
     where lam dominates G (a large lam in the scaled problem: G of norm 2^80 took v to 2^-240).
     v is brought to a largest entry of 1 before the quotient, and the norms are taken scaled, as
     their squares would leave the range first."""

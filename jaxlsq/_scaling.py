@@ -65,11 +65,16 @@ def scales(a: jax.Array, b: jax.Array, always: bool = False) -> tuple[jax.Array,
     a is brought to a largest entry in [1/2, 1) (the derivative's (A^H A)^+ of a tiny a would
     overflow at the edge of the range); b, whose entries far below its largest would be flushed
     to zero there, only just inside the range when it is huge (a tiny b has no such entries:
-    they were subnormal to begin with). always applies to a. No derivative: products with them
-    pass a's and b's on."""
+    they were subnormal to begin with). always (the normal equations) applies to a, and to a b
+    below 1/2, which goes up to [1/2, 1): where regularized caps a's scale, x' ~ A^H b / lam
+    scales with b and no longer with a's scale only. No derivative: products with them pass a's
+    and b's on."""
     a_scale = unit_scale(largest(a), always)[..., None, None]
-    b_scale = unit_scale(largest(b), to_edge=True)[..., None, None]
-    return a_scale, b_scale
+    b_big = largest(b)
+    b_scale = unit_scale(b_big, to_edge=True)
+    if always:  # scaling up never flushes an entry
+        b_scale = jnp.where(b_big < 0.5, unit_scale(b_big, always=True), b_scale)
+    return a_scale, b_scale[..., None, None]
 
 
 def regularized(a_scale: jax.Array, lam: jax.Array) -> jax.Array:
@@ -78,8 +83,9 @@ def regularized(a_scale: jax.Array, lam: jax.Array) -> jax.Array:
     lam a_scale^2 below 1 (and at least by 1; lam = 0 leaves a_scale as it is). Where that caps
     the scale, lam exceeds a's entries squared: the scaled Gram matrix and lam then lie near or
     below 1, far from overflow, and the solve's x' ~ A^H b / (lam a_scale^2) is no smaller than
-    A^H b. (Scaled to a largest entry of 1, a at 2^-60 with lam = 1000 took lam to 2^128, and at
-    2^-100 with lam = 1 took x' below the normal range.)"""
+    A^H b, which b's own scaling up (scales with always) keeps inside the range: a at 2^-100
+    times a b at 2^-60 is not. (Scaled to a largest entry of 1, a at 2^-60 with lam = 1000 took
+    lam to 2^128, and at 2^-100 with lam = 1 took x' below the normal range.)"""
     scale = a_scale[..., 0, 0]
     _, e = jnp.frexp(jnp.where((lam > 0) & (lam < jnp.inf), lam, 1).astype(scale.dtype))
     # lam < 2^e, so lam 2^(2 j) < 1 for j = -e // 2

@@ -231,3 +231,31 @@ def test_cholesky_with_a_large_regularizer_after_scaling(dtype, shape, weights):
         tag = f"a = 2^{ka} a0, lam = {lam}"
         assert_close(np.asarray(out.x, np.float64) / scale, want / scale, rtol(dtype), 0, tag)
         assert int(out.rank) == min(shape), tag
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (5, 3)])
+@pytest.mark.parametrize(
+    "dtype, ka, kb, kl",
+    [
+        (np.float32, -100, -60, -60),
+        (np.float32, -104, -64, -61),
+        (np.float32, -90, -60, -50),
+        (np.float32, -120, -64, -103),
+        (np.float64, -632, -512, -170),
+        (np.float64, -760, -512, -340),
+    ],
+)
+def test_cholesky_with_a_regularizer_and_a_small_b(shape, dtype, ka, kb, kl):
+    """a tiny, b small but inside LAPACK's range, lam = 2^kl: the capped scale of a (see the test
+    above) left x' = A^H b / lam' of the order of a b, below the normal range: x was 0, or off by
+    a factor of 2, or NaN, with full rank (found in review of 4eb4bbd). b is scaled up to a
+    largest entry near 1 for the normal equations."""
+    rng = np.random.default_rng(8)
+    a0, b0 = _entries(rng, shape), _entries(rng, (shape[0], 1))
+    a64, b64, lam = np.ldexp(a0, ka), np.ldexp(b0, kb), 2.0**kl
+    u, s, vh = np.linalg.svd(a64, full_matrices=False)
+    want = vh.T @ ((s / (s * s + lam))[:, None] * (u.T @ b64))
+    out = jaxlsq.lstsq(a64.astype(dtype), b64.astype(dtype), method="cholesky", l2_regularizer=lam)
+    scale = np.max(np.abs(want))
+    assert_close(np.asarray(out.x, np.float64) / scale, want / scale, rtol(dtype), 0)
+    assert int(out.rank) == min(shape)

@@ -28,7 +28,7 @@ from jax import lax
 
 from ._factor import adjoint, matmul
 from ._order import after
-from ._scaling import frobenius
+from ._scaling import frobenius, unit_scale
 
 
 def _diagonal_check(d: jax.Array, ratio: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -152,18 +152,16 @@ def _well_conditioned(
     Its triangular solves wait for the solve's last one, z (see _order).
 
     Every step solves with step v, step = ||G||_F rounded up to a power of two (>= the largest
-    eigenvalue), so that the iterates never shrink: v grows by a factor between 1 and
-    2 sqrt(k) cond(G) per step, far from overflow wherever the check can pass unless ||G||_F
-    itself lies within about (2 sqrt(k))^3 of the largest float (an overflowing iterate gives a
-    NaN estimate, which fails the check: lam = 5e37 in float32 or 1e306 in float64 still gives
-    NaN, as it did before). Plain steps with v shrank by 1 / lam per step
-    where lam dominates G (a large lam in the scaled problem: G of norm 2^80 took v to 2^-240).
-    v is brought to a largest entry of 1 before the quotient, and the norms are taken scaled, as
-    their squares would leave the range first."""
+    eigenvalue), so that the iterates never shrink (plain steps shrink them by 1 / lam where a
+    large lam dominates G, down to underflow): v grows by a factor between 1 and
+    2 sqrt(k) cond(G) per step, far from overflow wherever the check can pass, unless ||G||_F
+    lies within about (2 sqrt(k))^3 of the largest float (lam = 5e37 in float32): an
+    overflowing iterate gives a NaN estimate, which fails the check. v is brought to a largest
+    entry of 1 before the quotient, and the norms are taken scaled, as their squares would leave
+    the range first."""
     k = gram.shape[-1]
     largest = frobenius(gram)
-    _, e = jnp.frexp(jnp.where((largest > 0) & (largest < jnp.inf), largest, 1))
-    step = jnp.ldexp(jnp.ones((), largest.dtype), e).astype(gram.dtype)[..., None, None]
+    step = (1 / unit_scale(largest, always=True)).astype(gram.dtype)[..., None, None]
     v = jnp.broadcast_to(
         jnp.linspace(1.0, 2.0, k, dtype=gram.dtype)[:, None], (*gram.shape[:-1], 1)
     )

@@ -82,10 +82,9 @@ def regularized(a_scale: jax.Array, lam: jax.Array) -> jax.Array:
     joins the scaled Gram matrix's diagonal: where a is scaled up, by no more than keeps
     lam a_scale^2 below 1 (and at least by 1; lam = 0 leaves a_scale as it is). Where that caps
     the scale, lam exceeds a's entries squared: the scaled Gram matrix and lam then lie near or
-    below 1, far from overflow, and the solve's x' ~ A^H b / (lam a_scale^2) is no smaller than
-    A^H b, which b's own scaling up (scales with always) keeps inside the range: a at 2^-100
-    times a b at 2^-60 is not. (Scaled to a largest entry of 1, a at 2^-60 with lam = 1000 took
-    lam to 2^128, and at 2^-100 with lam = 1 took x' below the normal range.)"""
+    below 1, far from overflow (a scaled to a largest entry of 1 would take lam = 1000 with a at
+    2^-60 to 2^128), and the solve's x' ~ A^H b / (lam a_scale^2) is no smaller than A^H b,
+    which b's own scaling up (scales with always) keeps inside the normal range."""
     scale = a_scale[..., 0, 0]
     _, e = jnp.frexp(jnp.where((lam > 0) & (lam < jnp.inf), lam, 1).astype(scale.dtype))
     # lam < 2^e, so lam 2^(2 j) < 1 for j = -e // 2

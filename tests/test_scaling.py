@@ -48,6 +48,13 @@ def _scaled(x, k, dtype):
     return np.ldexp(np.asarray(x, np.float64), k).astype(dtype)
 
 
+def _ridge(a, b, lam):
+    """x = V diag(s / (s^2 + lam)) U^T b in float64 (NumPy's SVD), as 1 / (s + lam / s): no s^2
+    to underflow."""
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    return vh.T @ ((1 / (s + lam / s))[:, None] * (u.T @ b))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -118,8 +125,7 @@ def test_other_routes_match_numpy_at_extreme_scales(dtype, shape, route):
         else:  # ridge: lam = 1 dominates a tiny a and vanishes beside a huge one
             lam_r = lam if route == "ridge" else 0.0
             x = jaxlsq.lstsq(a, b, l2_regularizer=lam_r).x
-            u, s, vh = np.linalg.svd(a64, full_matrices=False)
-            want = vh.T @ ((1 / (s + lam_r / s))[:, None] * (u.T @ b64))
+            want = _ridge(a64, b64, lam_r)
         scale = np.max(np.abs(want))
         assert_close(
             np.asarray(x, np.float64) / scale, want / scale, rtol(dtype), 0, f"{route} {ka} {kb}"
@@ -218,8 +224,7 @@ def test_cholesky_with_a_large_regularizer_after_scaling(dtype, shape, weights):
     for ka, lam in cases:
         a64 = np.ldexp(a0, ka)
         root = np.sqrt(w)[:, None] if weights else 1.0
-        u, s, vh = np.linalg.svd(root * a64, full_matrices=False)
-        want = vh.T @ ((1 / (s + lam / s))[:, None] * (u.T @ (root * b0)))
+        want = _ridge(root * a64, root * b0, lam)
         out = jaxlsq.lstsq(
             _scaled(a0, ka, dtype),
             b0.astype(dtype),
@@ -253,8 +258,7 @@ def test_cholesky_with_a_regularizer_and_a_small_b(shape, dtype, ka, kb, kl):
     rng = np.random.default_rng(8)
     a0, b0 = _entries(rng, shape), _entries(rng, (shape[0], 1))
     a64, b64, lam = np.ldexp(a0, ka), np.ldexp(b0, kb), 2.0**kl
-    u, s, vh = np.linalg.svd(a64, full_matrices=False)
-    want = vh.T @ ((s / (s * s + lam))[:, None] * (u.T @ b64))
+    want = _ridge(a64, b64, lam)
     out = jaxlsq.lstsq(a64.astype(dtype), b64.astype(dtype), method="cholesky", l2_regularizer=lam)
     scale = np.max(np.abs(want))
     assert_close(np.asarray(out.x, np.float64) / scale, want / scale, rtol(dtype), 0)

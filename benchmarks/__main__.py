@@ -6,7 +6,11 @@ jnp.linalg.lstsq's median, and the accuracy (max relative error of x against flo
 against that answer refined with residuals in extended precision: for float64 data NumPy's own
 rounding is the size of the errors compared).
 Writes a Markdown table to stdout, results.json and ratios.png (when matplotlib is installed)
-to --out.
+to --out. Each cell also records the minor page faults per call (median): memory mapped afresh
+and zeroed during the call. With the default malloc a program's temporary buffers above 32 MiB
+are mapped anew on every call (jit(vmap(jnp.linalg.lstsq)) on 10,000 64x8 problems: 10,635
+faults, about half its time on 2 cores); --heap keeps them in the heap (glibc's mallopt) and
+times the solvers without that cost.
 
 Each round takes the thread pools (JAX's, NumPy's OpenBLAS, SciPy's, torch's) in a random order,
 and each pool's systems in a random order, back to back. A pool's turn starts with SETTLE_S of
@@ -19,6 +23,8 @@ solve timed straight after NumPy's lstsq took 1.85x its time after another jaxls
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -26,6 +32,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import resource  # Unix: page-fault counts
+except ImportError:  # pragma: no cover
+    resource = None
 
 # torch's OpenMP threads otherwise spin after each call and steal the cores from whatever runs
 # next; set before torch is imported.
@@ -104,10 +115,41 @@ def relative_error(x, x_ref) -> float:
     return float(np.max(np.abs(x - x_ref)) / np.max(np.abs(x_ref)))
 
 
-def timed(f) -> float:
+def faults() -> int | None:
+    """The process's minor page faults so far (None where the platform does not count them)."""
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(f) -> tuple[float, int | None]:
+    """Seconds of one call of f, and the minor page faults the process took meanwhile: each is a
+    fresh page of memory mapped and zeroed, which the call pays for (on the 2-core VM a few
+    microseconds each)."""
+    before = faults()
     start = time.perf_counter()
     jax.block_until_ready(f())
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return seconds, None if before is None else faults() - before
+
+
+# glibc's mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_THRESHOLD = 1 << 30
+
+
+def keep_heap() -> str:
+    """Makes glibc's malloc serve blocks up to HEAP_THRESHOLD from its heap and keep up to that
+    much freed memory there, so that a program's temporary buffers are reused from call to call.
+    By default a block above the mmap threshold (at most 32 MiB) is mapped afresh for each call,
+    and every page of it faults in and is zeroed again; the threshold also moves with what the
+    process freed before, so the same call may pay for that or not. Returns a line for the
+    results."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not (
+        mallopt(M_MMAP_THRESHOLD, HEAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, HEAP_THRESHOLD)
+    ):
+        raise SystemExit("python3 -m benchmarks: --heap needs glibc's mallopt, not found here")
+    return f"glibc malloc, mmap and trim thresholds raised to {HEAP_THRESHOLD >> 20} MiB (--heap)"
 
 
 def settle(f) -> None:
@@ -158,6 +200,7 @@ def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list
             if mode == "primal":
                 accuracy[name] = relative_error(out, x_ref), relative_error(out, x_refined)
         times = {key: [] for key in calls}
+        faulted = {key: [] for key in calls}
         start = time.perf_counter()
         by_pool = {}
         for key in calls:
@@ -171,7 +214,9 @@ def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list
                 keys = [pools[p][j] for j in order.permutation(len(pools[p]))]
                 settle(calls[keys[0]])
                 for key in keys:
-                    times[key].append(timed(calls[key]))
+                    seconds, count = timed(calls[key])
+                    times[key].append(seconds)
+                    faulted[key].append(count)
             if time.perf_counter() - start > budget_s and r >= 2:
                 break
         medians = {key: float(np.median(t)) for key, t in times.items()}
@@ -189,16 +234,21 @@ def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list
                     "ratio_to_jnp": med / base if base else None,
                     "max_rel_error": accuracy[name][0] if mode == "primal" else None,
                     "max_rel_error_refined": accuracy[name][1] if mode == "primal" else None,
+                    "page_faults": _median_count(faulted[name, mode]),
                 }
             )
     progress("")
     return rows, skipped
 
 
+def _median_count(counts: list[int | None]) -> float | None:
+    return None if None in counts else float(np.median(counts))
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| case | shape | dtype | system | primal ms | ratio | value_and_grad ms | ratio | max rel. error | vs refined |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | shape | dtype | system | primal ms | ratio | value_and_grad ms | ratio | max rel. error | vs refined | page faults |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     index = {(r["shape"], r["dtype"], r["system"], r["mode"]): r for r in rows}
     seen = []
@@ -214,9 +264,13 @@ def markdown(rows: list[dict]) -> str:
         grad_ms = f"{1e3 * g['median_s']:.2f}" if g else "-"
         lines.append(
             f"| {r['case']} | {r['shape']} | {r['dtype']} | {r['system']} | {1e3 * p['median_s']:.2f} | "
-            f"{_ratio(p)} | {grad_ms} | {_ratio(g)} | {p['max_rel_error']:.1e} | {p['max_rel_error_refined']:.1e} |"
+            f"{_ratio(p)} | {grad_ms} | {_ratio(g)} | {p['max_rel_error']:.1e} | {p['max_rel_error_refined']:.1e} | {_count(p)} / {_count(g)} |"
         )
     return "\n".join(lines)
+
+
+def _count(row: dict | None) -> str:
+    return "-" if row is None or row.get("page_faults") is None else f"{row['page_faults']:.0f}"
 
 
 def _ratio(row: dict | None) -> str:
@@ -279,12 +333,19 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument(
+        "--heap",
+        action="store_true",
+        help="keep freed memory in glibc's heap: times without the page faults of buffers "
+        "mapped afresh on each call",
+    )
+    parser.add_argument(
         "--budget", type=float, default=30.0, help="seconds of timing per cell at most"
     )
     args = parser.parse_args(argv)
     cases = QUICK if args.quick else FULL
     rounds = args.rounds or (3 if args.quick else 9)
     dtypes = [np.dtype(d).type for d in args.dtypes.split(",")]
+    allocator = keep_heap() if args.heap else "the default malloc"
     started = time.perf_counter()
     rows, skipped = run(cases, dtypes, rounds, args.budget, methods=not args.quick)
     import jaxlsq
@@ -294,6 +355,7 @@ def main(argv=None) -> None:
         "machine": f"{platform.machine()}, {platform.processor() or '?'}, {jax.devices()[0].device_kind}, "
         f"{len(jax.devices())} JAX device(s)",
         "python": platform.python_version(),
+        "allocator": allocator,
         "versions": _versions(),
         "jaxlsq": jaxlsq.__version__,
         "seconds": round(time.perf_counter() - started, 1),

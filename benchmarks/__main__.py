@@ -136,6 +136,16 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_THRESHOLD = 1 << 30
 
 
+def malloc_thresholds(size: int) -> bool:
+    """Fixes glibc malloc's mmap threshold (a block above it is mapped afresh, and unmapped when
+    freed) and its trim threshold (how much freed memory the heap keeps) at size bytes, which
+    also stops the mmap threshold from following the blocks freed. False without glibc's
+    mallopt."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    mallopt = getattr(libc, "mallopt", None)
+    return bool(mallopt and mallopt(M_MMAP_THRESHOLD, size) and mallopt(M_TRIM_THRESHOLD, size))
+
+
 def keep_heap() -> str:
     """Makes glibc's malloc serve blocks up to HEAP_THRESHOLD from its heap and keep up to that
     much freed memory there, so that a program's temporary buffers are reused from call to call.
@@ -143,11 +153,7 @@ def keep_heap() -> str:
     and every page of it faults in and is zeroed again; the threshold also moves with what the
     process freed before, so the same call may pay for that or not. Returns a line for the
     results."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is None or not (
-        mallopt(M_MMAP_THRESHOLD, HEAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, HEAP_THRESHOLD)
-    ):
+    if not malloc_thresholds(HEAP_THRESHOLD):
         raise SystemExit("python3 -m benchmarks: --heap needs glibc's mallopt, not found here")
     return f"glibc malloc, mmap and trim thresholds raised to {HEAP_THRESHOLD >> 20} MiB (--heap)"
 

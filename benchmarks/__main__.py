@@ -6,11 +6,11 @@ jnp.linalg.lstsq's median, and the accuracy (max relative error of x against flo
 against that answer refined with residuals in extended precision: for float64 data NumPy's own
 rounding is the size of the errors compared).
 Writes a Markdown table to stdout, results.json and ratios.png (when matplotlib is installed)
-to --out. Each cell also records the minor page faults per call (median): memory mapped afresh
-and zeroed during the call. With the default malloc a program's temporary buffers above 32 MiB
-are mapped anew on every call (jit(vmap(jnp.linalg.lstsq)) on 10,000 64x8 problems: 10,635
-faults, about half its time on 2 cores); --heap keeps them in the heap (glibc's mallopt) and
-times the solvers without that cost.
+to --out. Each cell also records the minor page faults per call (median), mostly memory mapped
+afresh and zeroed during the call: with glibc's default malloc a compiled program's temporary
+buffers above 32 MiB are mapped anew on every call (jit(vmap(jnp.linalg.lstsq)) on 10,000 64x8
+float32 problems: 10,635 faults a call). --heap raises malloc's thresholds so that buffers are
+usually reused instead (python3 -m benchmarks.allocator compares the two in one process).
 
 Each round takes the thread pools (JAX's, NumPy's OpenBLAS, SciPy's, torch's) in a random order,
 and each pool's systems in a random order, back to back. A pool's turn starts with SETTLE_S of
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import json
 import os
 import platform
@@ -121,9 +120,9 @@ def faults() -> int | None:
 
 
 def timed(f) -> tuple[float, int | None]:
-    """Seconds of one call of f, and the minor page faults the process took meanwhile: each is a
-    fresh page of memory mapped and zeroed, which the call pays for (on the 2-core VM a few
-    microseconds each)."""
+    """Seconds of one call of f, and the minor page faults the whole process (every thread) took
+    meanwhile: mostly fresh pages of memory being mapped and zeroed, which the call pays for
+    (1-6 us each on the 2-core VM)."""
     before = faults()
     start = time.perf_counter()
     jax.block_until_ready(f())
@@ -139,11 +138,16 @@ HEAP_THRESHOLD = 1 << 30
 def malloc_thresholds(size: int) -> bool:
     """Fixes glibc malloc's mmap threshold (a block above it is mapped afresh, and unmapped when
     freed) and its trim threshold (how much freed memory the heap keeps) at size bytes, which
-    also stops the mmap threshold from following the blocks freed. False without glibc's
-    mallopt."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    mallopt = getattr(libc, "mallopt", None)
-    return bool(mallopt and mallopt(M_MMAP_THRESHOLD, size) and mallopt(M_TRIM_THRESHOLD, size))
+    also stops the mmap threshold from following the blocks freed. False where there is no
+    mallopt or it refuses the value (then neither threshold is changed)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, TypeError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if os.confstr("CS_GNU_LIBC_VERSION") is None or not mallopt(M_MMAP_THRESHOLD, size):
+        return False
+    return bool(mallopt(M_TRIM_THRESHOLD, size))
 
 
 def keep_heap() -> str:
@@ -154,7 +158,7 @@ def keep_heap() -> str:
     process freed before, so the same call may pay for that or not. Returns a line for the
     results."""
     if not malloc_thresholds(HEAP_THRESHOLD):
-        raise SystemExit("python3 -m benchmarks: --heap needs glibc's mallopt, not found here")
+        raise SystemExit("python3 -m benchmarks: --heap needs glibc's mallopt (missing or refused)")
     return f"glibc malloc, mmap and trim thresholds raised to {HEAP_THRESHOLD >> 20} MiB (--heap)"
 
 
@@ -253,7 +257,7 @@ def _median_count(counts: list[int | None]) -> float | None:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| case | shape | dtype | system | primal ms | ratio | value_and_grad ms | ratio | max rel. error | vs refined | page faults |",
+        "| case | shape | dtype | system | primal ms | ratio | value_and_grad ms | ratio | max rel. error | vs refined | page faults, primal / vag |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     index = {(r["shape"], r["dtype"], r["system"], r["mode"]): r for r in rows}

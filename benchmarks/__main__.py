@@ -139,7 +139,7 @@ def malloc_thresholds(size: int) -> bool:
     """Fixes glibc malloc's mmap threshold (a block above it is mapped afresh, and unmapped when
     freed) and its trim threshold (how much freed memory the heap keeps) at size bytes, which
     also stops the mmap threshold from following the blocks freed. False where there is no
-    mallopt or it refuses the value (then neither threshold is changed)."""
+    mallopt or it refuses a value (refusing the mmap threshold, it changes nothing)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, TypeError, AttributeError):

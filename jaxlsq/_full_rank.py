@@ -44,6 +44,11 @@ values alone) is left out for batches, where the values cost about as much as th
 small factors with vectors. The decision is global to the batch: a batch sharded over devices
 exchanges this one boolean. _single tells a vmapped matrix from a single one (its rule makes it
 the constant False under vmap).
+
+A large tall batch takes its joint QR of [a, b] a chunk of problems at a time (see CHUNK_BYTES),
+with a's masking (non-finite matrices read as zeros) and scaling done where each chunk is read:
+the program then holds no copy of the whole batch besides a itself. The chunks give the same
+factors, bit for bit.
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ def _everyone_vmap_rule(axis_size, in_batched, flags):
 
 
 def pinv_solve(
-    a: jax.Array, b: jax.Array, rcond: jax.Array, a_finite: jax.Array | None = None
+    a: jax.Array, b: jax.Array, rcond: jax.Array, a_ok: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x = A^+ b, a's singular values and its rank (int32), for a (..., M, N) and b
     (..., M, K); b's batch dimensions broadcast against a's.
@@ -111,23 +116,24 @@ def pinv_solve(
     Where the bound settles full rank, the rank needs no singular values: a caller that uses x
     and the rank but not the values does not pay for them.
 
-    a_finite (default a): a with its non-finite matrices zeroed, what the factorizations see.
-    The derivative takes a itself, whose non-finite entries then make it NaN.
+    a_ok (a's batch shape, default all True): which matrices of a are finite. The factorizations
+    see the others as zeros, masked where they read a (see _tall_factor); the derivative takes a
+    itself, whose non-finite entries then make it NaN.
     """
     kind = orientation(a)
+    a_ok = jnp.ones(a.shape[:-2], bool) if a_ok is None else a_ok
     # The factorizations see a and b scaled into LAPACK's safe range (see _scaling), x and the
     # values are scaled back below. a's scale comes from the given a (a non-finite one gets a
     # scale it does not use), so that XLA need not form the zeroed copy just to find it.
     a_scale, b_scale = scales(a, b)
-    a_const = lax.stop_gradient(a if a_finite is None else a_finite) * a_scale
-    b_const = lax.stop_gradient(b) * b_scale
+    a_given, b_const = lax.stop_gradient(a), lax.stop_gradient(b)
     if kind == "tall":  # R, c = Q^H b (N x K), R^{-1} and R^{-1} c; Q is not needed after
-        r, c, r_inv, r_inv_c = _tall_factor(a_const, b_const)
+        r, c, r_inv, r_inv_c = _tall_factor(a_given, b_const, a_ok, a_scale, b_scale)
         h = taus = None
     else:
-        h, taus, r = triangular_factor(a_const)
+        h, taus, r = triangular_factor(_prepared(a_given, a_ok, a_scale))
         r_inv = _inverse(r)
-        c = b_const  # M x K
+        c = b_const * b_scale  # M x K
         r_inv_c = None
 
     flags = _certainly_full(r, r_inv, rcond)  # one per problem
@@ -193,9 +199,29 @@ def _eye_like(r: jax.Array) -> jax.Array:
     return jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
 
 
+def _prepared(a: jax.Array, a_ok: jax.Array, a_scale: jax.Array) -> jax.Array:
+    """a as the factorizations see it: zero where not a_ok (per matrix), scaled by a_scale."""
+    return jnp.where(a_ok[..., None, None], a, 0) * a_scale
+
+
+# A batch whose joint QR would take more than CHUNK_BYTES of [a, b] is factored a chunk of
+# problems at a time (lax.map), with a's masking and scaling inside the loop. Whole, the batch's
+# copy of [a, b] in LAPACK's layout is one more buffer of the batch's size, and above 32 MiB of
+# temporaries glibc's malloc maps a program's buffers afresh on every call (BENCHMARKS.md, Page
+# faults). On 2 CPU cores, jaxlsq.lstsq over 10,000 64x8 float64 problems took 22.6 ms chunked
+# where it took 39.8 whole (15,905 page faults a call), 1,000 256x32 float32 27.2 ms where 46.0,
+# and 10,000 64x8 float32 (31 MiB, no faults) 16.5-17.1 ms where 18.6: a chunk also stays in the
+# processor's cache between the copy, the QR and the triangular solves. Chunks keep at least
+# UNROLLED_BATCH problems, so the triangular solves take the same route as for the whole batch.
+CHUNK_BYTES = 8 << 20
+
+
 @custom_vmap
-def _tall_factor(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """R of a tall a, c = Q^H b's first N rows, R^{-1} and R^{-1} c.
+def _tall_factor(
+    a: jax.Array, b: jax.Array, a_ok: jax.Array, a_scale: jax.Array, b_scale: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """R of the tall a as the factorizations see it (_prepared), c = Q^H (b_scale b)'s first N
+    rows, R^{-1} and R^{-1} c. a_ok has a's batch shape; a_scale and b_scale are (..., 1, 1).
 
     With few right-hand sides (K <= N) and b batched like a, R and c come from one QR of [a, b]:
     its leading N x N block is R, the block beside it c (the reflectors of a's columns reach b as
@@ -206,13 +232,43 @@ def _tall_factor(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.
     a jaxlsq.factorize(a). Otherwise Q^H b by ormqr, after R^{-1} (see _order).
     """
     n, k = a.shape[-1], b.shape[-1]
-    if k <= n and jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) == a.shape[:-2]:
-        b = jnp.broadcast_to(b, (*a.shape[:-2], *b.shape[-2:]))
-        both = jnp.linalg.qr(jnp.concatenate([a, b], axis=-1), mode="r")
-        r, c = both[..., :n, :n], both[..., :n, n:]
-        solved = _triangular_solve(r, jnp.concatenate([_eye_like(r), c], axis=-1))
-        return r, c, solved[..., :n], solved[..., n:]
-    return _factor_then_reflect(a, b)
+    lead = a.shape[:-2]
+    if k > n or jnp.broadcast_shapes(lead, b.shape[:-2]) != lead:
+        return _factor_then_reflect(_prepared(a, a_ok, a_scale), b * b_scale)
+    b = jnp.broadcast_to(b, (*lead, *b.shape[-2:]))
+    b_scale = jnp.broadcast_to(b_scale, (*lead, 1, 1))
+    count = math.prod(lead)
+    size = _chunk(count, a.shape[-2] * (n + k) * a.dtype.itemsize, n)
+    if size == count:
+        return _joint_factor(a, b, a_ok, a_scale, b_scale)
+    flat = [x.reshape(count, *x.shape[len(lead) :]) for x in (a, b, a_ok, a_scale, b_scale)]
+    # lax.map vmaps one problem's factorization over the chunks, one after the other
+    outs = lax.map(lambda args: _joint_factor(*args), tuple(flat), batch_size=size)
+    return tuple(x.reshape(*lead, *x.shape[1:]) for x in outs)
+
+
+def _chunk(count: int, per_problem: int, order: int) -> int:
+    """How many of count problems (per_problem bytes of [a, b] each) to factor at a time: the
+    whole batch where it fits in CHUNK_BYTES, else the largest divisor of count that does (the
+    chunks then split the batch without a copy), but at least UNROLLED_BATCH problems where the
+    order is small enough for the unrolled triangular solves; the whole batch where no divisor
+    fits."""
+    least = UNROLLED_BATCH if order <= UNROLLED_ORDER else 1
+    most = max(CHUNK_BYTES // per_problem, least)
+    if count <= most:
+        return count
+    fits = [size for size in range(least, most + 1) if count % size == 0]
+    return fits[-1] if fits else count
+
+
+def _joint_factor(a, b, a_ok, a_scale, b_scale):
+    """_tall_factor's joint QR of [a, b], b batched like a."""
+    n = a.shape[-1]
+    both = jnp.concatenate([_prepared(a, a_ok, a_scale), b * b_scale], axis=-1)
+    both = jnp.linalg.qr(both, mode="r")
+    r, c = both[..., :n, :n], both[..., :n, n:]
+    solved = _triangular_solve(r, jnp.concatenate([_eye_like(r), c], axis=-1))
+    return r, c, solved[..., :n], solved[..., n:]
 
 
 def _factor_then_reflect(
@@ -225,13 +281,22 @@ def _factor_then_reflect(
 
 
 @_tall_factor.def_vmap
-def _tall_factor_vmap_rule(axis_size, in_batched, a, b):
-    a_batched, b_batched = in_batched
+def _tall_factor_vmap_rule(axis_size, in_batched, a, b, a_ok, a_scale, b_scale):
+    a_batched = in_batched[0] or in_batched[2] or in_batched[3]
     if not a_batched:  # one a for every mapped b: factor it once, Q^H b over the folded columns
-        outs = jax.vmap(lambda b: _factor_then_reflect(a, b), out_axes=(None, 0, None, 0))(b)
+        a = _prepared(a, a_ok, a_scale)
+        axes = tuple(0 if batched else None for batched in (in_batched[1], in_batched[4]))
+        outs = jax.vmap(
+            lambda b, b_scale: _factor_then_reflect(a, b * b_scale),
+            in_axes=axes,
+            out_axes=(None, 0, None, 0),
+        )(b, b_scale)
         return outs, (False, True, False, True)
-    b = b if b_batched else jnp.broadcast_to(b, (axis_size, *b.shape))
-    return _tall_factor(a, b), (True, True, True, True)
+    args = [
+        x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
+        for x, batched in zip((a, b, a_ok, a_scale, b_scale), in_batched)
+    ]
+    return _tall_factor(*args), (True, True, True, True)
 
 
 def _values(r: jax.Array) -> jax.Array:

@@ -341,7 +341,7 @@ def _lstsq_core(
             s = singular_values(root * a, x)
             rank = rank_of(s, rcond)
         elif lam is None:  # its rank needs no singular values where the bound settles it
-            x, s, rank = pinv_solve(a_given, b, rcond, a_finite=a)
+            x, s, rank = pinv_solve(a_given, b, rcond, finite_a)
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)

@@ -7,7 +7,8 @@ or vmap) takes one branch for all its problems. Checked here: the branch follows
 inside one compiled program, batches with and without deficient members give NumPy's answer for
 each member, and the derivatives through the shortcut's factor pair (I, R^{-1}), first and
 second order, against jnp.linalg.pinv's own rule (which never takes the shortcut) and finite
-differences, all in float64.
+differences, all in float64; a batch factored in chunks gives NumPy's answers and, bit for bit,
+the whole batch's.
 """
 
 import jax
@@ -26,6 +27,7 @@ from helpers import (
 from jax.test_util import check_grads
 
 import jaxlsq
+from jaxlsq import _full_rank
 from jaxlsq._full_rank import (
     UNROLLED_BATCH,
     UNROLLED_ORDER,
@@ -280,6 +282,47 @@ def test_batch_gradients_match_each_member_s_pinv_rule(kind, form):
             want = jax.grad(scalar(through_the_pinv_rule, 0.0), argnums=(0, 1))(a[i], b[i])
             for g, w in zip(got, want):
                 assert_close(g[i], w, 1e-9, err_msg=f"{which} member {i}")
+
+
+@pytest.mark.parametrize("which", ["full", "mixed"])
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+def test_a_batch_factored_in_chunks(monkeypatch, request, form, which):
+    """A batch whose joint QR of [a, b] passes CHUNK_BYTES is factored a chunk of problems at a
+    time (lax.map), a's masking and scaling inside the loop: NumPy's answer for every member
+    (full rank, deficient, zero, far outside LAPACK's range), NaN for a non-finite one, and bit
+    for bit the whole batch's answer and gradients."""
+    rng = np.random.default_rng(11)
+    m, n = SHAPES["tall"]
+    base = members(rng, m, n, which)
+    a = np.concatenate([base, base * 2.0**-1000, base * 2.0**900])  # 12 problems
+    a[5, 2, 3] = np.nan
+    b = randn(rng, (12, m, 1))
+    # three problems to a chunk (four chunks); unrolled triangular solves in both programs
+    monkeypatch.setattr(_full_rank, "UNROLLED_BATCH", 2)
+    request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
+    solve = jax.vmap(jaxlsq.lstsq) if form == "vmap" else jaxlsq.lstsq
+
+    def loss(a, b):
+        r = solve(a, b)
+        return jnp.sum(r.x**2) + jnp.sum(r.residuals)
+
+    outs = {}
+    for chunk_bytes, name in ((3 * m * (n + 1) * 8, "chunks"), (1 << 40, "whole")):
+        monkeypatch.setattr(_full_rank, "CHUNK_BYTES", chunk_bytes)
+        jax.clear_caches()  # lstsq's programs were traced with the other CHUNK_BYTES
+        loops = compiled(solve, a, b).as_text().count(" while(")
+        assert (loops > 0) == (name == "chunks"), name
+        outs[name] = jax.jit(solve)(a, b), jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
+    for got, want in zip(jax.tree.leaves(outs["chunks"]), jax.tree.leaves(outs["whole"])):
+        np.testing.assert_array_equal(got, want)
+    result = outs["chunks"][0]
+    for i in range(12):
+        member = jaxlsq.LstsqResult(*(out[i] for out in result))
+        if i == 5:
+            assert np.isnan(member.x).all() and int(member.rank) == 0
+            assert np.isnan(member.singular_values).all()
+        else:
+            assert_like_numpy(member, a[i], b[i], None)
 
 
 @pytest.mark.parametrize("batch", [(), (3,)], ids=["single", "batch"])

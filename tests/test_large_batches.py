@@ -16,9 +16,10 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import unordered_lapack_calls
+from helpers import compiled, unordered_lapack_calls
 
 import jaxlsq
+from jaxlsq import _full_rank
 
 
 def every_output(r):
@@ -61,6 +62,23 @@ def test_lapack_calls_of_a_batch_form_one_chain(program, shape, form):
     assert unordered_lapack_calls(f, a, b, w) == []
 
 
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+@pytest.mark.parametrize("program", ["solve", "gradients"])
+def test_a_batch_factored_in_chunks_keeps_one_chain(monkeypatch, request, program, form):
+    """The joint QR taken a chunk of problems at a time (a lax.map loop, here one problem a
+    chunk): the loop and the solve's later LAPACK calls stay in one chain."""
+    monkeypatch.setattr(_full_rank, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(_full_rank, "UNROLLED_BATCH", 1)
+    jax.clear_caches()  # lstsq's programs traced with the usual constants
+    request.addfinalizer(jax.clear_caches)  # and none traced with these stays
+    a, b, w = jnp.ones((6, 40, 6)), jnp.ones((6, 40, 2)), jnp.ones((6, 40))
+    f = PROGRAMS[program]
+    if form == "vmap":
+        f = jax.vmap(f)
+    assert " while(" in compiled(f, a, b, w).as_text()
+    assert unordered_lapack_calls(f, a, b, w) == []
+
+
 def test_the_checker_sees_unordered_calls():
     """Plain JAX: one QR feeding orgqr, an SVD and a triangular solve leaves three calls
     unordered."""
@@ -98,12 +116,22 @@ for name, loss in programs.items():
     for _ in range(3):
         jax.block_until_ready(f(a, b))
     print(name, "done", flush=True)
+
+# 8,192 problems: the joint QR in four chunks of 2,048 (a lax.map loop; _full_rank.CHUNK_BYTES)
+a = jnp.asarray(rng.standard_normal((8192, 64, 8)), jnp.float32)
+b = jnp.asarray(rng.standard_normal((8192, 64, 1)), jnp.float32)
+for loss in (programs["gradients"], programs["vmap"]):
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    for _ in range(3):
+        jax.block_until_ready(f(a, b))
+print("chunks", "done", flush=True)
 """
 
 
 def test_large_batched_gradients_finish():
     """value_and_grad through every output of 2,000 64x8 float32 problems (the programs that
-    hung on 2 cores before the ordering), in a fresh process with the default thread pool."""
+    hung on 2 cores before the ordering), and of 8,192 (factored in chunks), in a fresh process
+    with the default thread pool."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
     try:
@@ -119,5 +147,5 @@ def test_large_batched_gradients_finish():
         pytest.fail(f"hung (no result in 240 s); finished before the hang: {done!r}")
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [
-        w for name in ("gradients", "vmap", "ridge", "weights") for w in (name, "done")
+        w for name in ("gradients", "vmap", "ridge", "weights", "chunks") for w in (name, "done")
     ]

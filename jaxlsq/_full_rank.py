@@ -208,11 +208,11 @@ def _prepared(a: jax.Array, a_ok: jax.Array, a_scale: jax.Array) -> jax.Array:
 # problems at a time (lax.map), with a's masking and scaling inside the loop. Whole, the batch's
 # copy of [a, b] in LAPACK's layout is one more buffer of the batch's size, and above 32 MiB of
 # temporaries glibc's malloc maps a program's buffers afresh on every call (BENCHMARKS.md, Page
-# faults). On 2 CPU cores, jaxlsq.lstsq over 10,000 64x8 float64 problems took 22.6 ms chunked
-# where it took 39.8 whole (15,905 page faults a call), 1,000 256x32 float32 27.2 ms where 46.0,
-# and 10,000 64x8 float32 (31 MiB, no faults) 16.5-17.1 ms where 18.6: a chunk also stays in the
-# processor's cache between the copy, the QR and the triangular solves. Chunks keep at least
-# UNROLLED_BATCH problems, so the triangular solves take the same route as for the whole batch.
+# faults). On 2 CPU cores (interleaved against the whole-batch program, one process), jaxlsq.lstsq
+# over 10,000 64x8 float64 problems took 23.8 ms where it took 41.6 (15,905 page faults a call),
+# 1,000 256x32 float32 28.1 ms where 48.0, and 10,000 64x8 float32 (31 MiB whole, no faults)
+# 0.95-1.05x its time; the same answers bit for bit. Chunks keep at least UNROLLED_BATCH problems
+# where the order allows the unrolled triangular solves, so that these take the whole batch's route.
 CHUNK_BYTES = 8 << 20
 
 

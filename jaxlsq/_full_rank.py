@@ -45,10 +45,10 @@ small factors with vectors. The decision is global to the batch: a batch sharded
 exchanges this one boolean. _single tells a vmapped matrix from a single one (its rule makes it
 the constant False under vmap).
 
-A large tall batch takes its joint QR of [a, b] a chunk of problems at a time (see CHUNK_BYTES),
-with a's masking (non-finite matrices read as zeros) and scaling done where each chunk is read:
-the program then holds no copy of the whole batch besides a itself. The chunks give the same
-factors, bit for bit.
+On a single CPU device, a large tall batch takes its joint QR of [a, b] a chunk of problems at a
+time (see CHUNK_BYTES), with a's masking (non-finite matrices read as zeros) and scaling done
+where each chunk is read: the program then holds no whole-batch copy of [a, b]. The chunks give
+the same factors, bit for bit. (K > N and the wide route still form a masked, scaled copy of a.)
 """
 
 from __future__ import annotations
@@ -128,7 +128,11 @@ def pinv_solve(
     a_scale, b_scale = scales(a, b)
     a_given, b_const = lax.stop_gradient(a), lax.stop_gradient(b)
     if kind == "tall":  # R, c = Q^H b (N x K), R^{-1} and R^{-1} c; Q is not needed after
-        r, c, r_inv, r_inv_c = _tall_factor(a_given, b_const, a_ok, a_scale, b_scale)
+        # b with as many batch dimensions as a: under vmap, _tall_factor's rule puts the mapped
+        # axis first, which would line b's batch dimensions up with the wrong ones of a
+        pad = (1,) * (a.ndim - b.ndim)
+        b_const, b_pad = b_const.reshape(pad + b.shape), b_scale.reshape(pad + b_scale.shape)
+        r, c, r_inv, r_inv_c = _tall_factor(a_given, b_const, a_ok, a_scale, b_pad)
         h = taus = None
     else:
         h, taus, r = triangular_factor(_prepared(a_given, a_ok, a_scale))
@@ -209,10 +213,12 @@ def _prepared(a: jax.Array, a_ok: jax.Array, a_scale: jax.Array) -> jax.Array:
 # copy of [a, b] in LAPACK's layout is one more buffer of the batch's size, and above 32 MiB of
 # temporaries glibc's malloc maps a program's buffers afresh on every call (BENCHMARKS.md, Page
 # faults). On 2 CPU cores (interleaved against the whole-batch program, one process), jaxlsq.lstsq
-# over 10,000 64x8 float64 problems took 23.8 ms where it took 41.6 (15,905 page faults a call),
-# 1,000 256x32 float32 28.1 ms where 48.0, and 10,000 64x8 float32 (31 MiB whole, no faults)
-# 0.95-1.05x its time; the same answers bit for bit. Chunks keep at least UNROLLED_BATCH problems
-# where the order allows the unrolled triangular solves, so that these take the whole batch's route.
+# over 10,000 64x8 float64 problems (x alone) took 23.8 ms where it took 41.6 (15,905 page faults
+# a call; with every output the program keeps 32.3 MiB, just over, and about 7,000), 1,000 256x32
+# float32 28.1 ms where 48.0, and 10,000 64x8 float32 (31 MiB whole, no faults) 0.95-1.05x its
+# time; the same answers bit for bit. Chunks keep at least UNROLLED_BATCH problems where the order
+# allows the unrolled triangular solves, so that these take the whole batch's route. Only on a
+# single CPU device (_chunks_apply).
 CHUNK_BYTES = 8 << 20
 
 
@@ -242,7 +248,7 @@ def _tall_factor(
     if size == count:
         return _joint_factor(a, b, a_ok, a_scale, b_scale)
     flat = [x.reshape(count, *x.shape[len(lead) :]) for x in (a, b, a_ok, a_scale, b_scale)]
-    # lax.map vmaps one problem's factorization over the chunks, one after the other
+    # lax.map loops over the chunks, vmapping one problem's factorization over a chunk's problems
     outs = lax.map(lambda args: _joint_factor(*args), tuple(flat), batch_size=size)
     return tuple(x.reshape(*lead, *x.shape[1:]) for x in outs)
 
@@ -253,12 +259,22 @@ def _chunk(count: int, per_problem: int, order: int) -> int:
     chunks then split the batch without a copy), but at least UNROLLED_BATCH problems where the
     order is small enough for the unrolled triangular solves; the whole batch where no divisor
     fits."""
+    if not _chunks_apply():
+        return count
     least = UNROLLED_BATCH if order <= UNROLLED_ORDER else 1
-    most = max(CHUNK_BYTES // per_problem, least)
+    most = max(CHUNK_BYTES // max(per_problem, 1), least)
     if count <= most:
         return count
     fits = [size for size in range(least, most + 1) if count % size == 0]
     return fits[-1] if fits else count
+
+
+def _chunks_apply() -> bool:
+    """Whether large batches are factored in chunks: on a single CPU device only. The page faults
+    they avoid are glibc's (an accelerator has its own allocator, and there one batched call
+    beats a loop of smaller ones), and over several devices the chunks' reshape would gather a
+    sharded batch onto every device."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
 def _joint_factor(a, b, a_ok, a_scale, b_scale):

@@ -299,6 +299,11 @@ def test_a_batch_factored_in_chunks(monkeypatch, request, form, which):
     b = randn(rng, (12, m, 1))
     # three problems to a chunk (four chunks); unrolled triangular solves in both programs
     monkeypatch.setattr(_full_rank, "UNROLLED_BATCH", 2)
+    # chunks apply on a single CPU device (the tests simulate several): off first, then on
+    monkeypatch.setattr(_full_rank, "CHUNK_BYTES", 3 * m * (n + 1) * 8)
+    jax.clear_caches()
+    assert " while(" not in compiled(jaxlsq.lstsq, a, b).as_text()
+    monkeypatch.setattr(_full_rank, "_chunks_apply", lambda: True)
     request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
     solve = jax.vmap(jaxlsq.lstsq) if form == "vmap" else jaxlsq.lstsq
 
@@ -323,6 +328,22 @@ def test_a_batch_factored_in_chunks(monkeypatch, request, form, which):
             assert np.isnan(member.singular_values).all()
         else:
             assert_like_numpy(member, a[i], b[i], None)
+
+
+@pytest.mark.parametrize("mapped", [3, 4])
+@pytest.mark.parametrize("k", [1, 9], ids=["K=1", "K>N"])
+def test_vmap_with_b_of_fewer_batch_dimensions_than_a(k, mapped):
+    """Under vmap, b with fewer batch dimensions than a broadcasts against a's trailing ones, as
+    in a single call (the mapped axis lines up with the mapped axis). Until 2026-12-04 the
+    mapped axis of b met a's inner one: an error with 3 mapped problems, wrong x with 4."""
+    rng = np.random.default_rng(12)
+    m, n = SHAPES["tall"]
+    a, b = randn(rng, (mapped, 4, m, n)), randn(rng, (mapped, m, k))
+    result = jax.jit(jax.vmap(jaxlsq.lstsq))(a, b)
+    for i in range(mapped):
+        for j in range(4):
+            member = jaxlsq.LstsqResult(*(out[i, j] for out in result))
+            assert_like_numpy(member, a[i, j], b[i], None)
 
 
 @pytest.mark.parametrize("batch", [(), (3,)], ids=["single", "batch"])

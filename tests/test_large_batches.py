@@ -69,6 +69,7 @@ def test_a_batch_factored_in_chunks_keeps_one_chain(monkeypatch, request, progra
     chunk): the loop and the solve's later LAPACK calls stay in one chain."""
     monkeypatch.setattr(_full_rank, "CHUNK_BYTES", 1)
     monkeypatch.setattr(_full_rank, "UNROLLED_BATCH", 1)
+    monkeypatch.setattr(_full_rank, "_chunks_apply", lambda: True)  # the tests simulate 8 devices
     jax.clear_caches()  # lstsq's programs traced with the usual constants
     request.addfinalizer(jax.clear_caches)  # and none traced with these stays
     a, b, w = jnp.ones((6, 40, 6)), jnp.ones((6, 40, 2)), jnp.ones((6, 40))

@@ -131,8 +131,8 @@ def pinv_solve(
         # b with as many batch dimensions as a: under vmap, _tall_factor's rule puts the mapped
         # axis first, which would line b's batch dimensions up with the wrong ones of a
         pad = (1,) * (a.ndim - b.ndim)
-        b_const, b_pad = b_const.reshape(pad + b.shape), b_scale.reshape(pad + b_scale.shape)
-        r, c, r_inv, r_inv_c = _tall_factor(a_given, b_const, a_ok, a_scale, b_pad)
+        b_ranked = b_const.reshape(pad + b.shape), b_scale.reshape(pad + b_scale.shape)
+        r, c, r_inv, r_inv_c = _tall_factor(a_given, b_ranked[0], a_ok, a_scale, b_ranked[1])
         h = taus = None
     else:
         h, taus, r = triangular_factor(_prepared(a_given, a_ok, a_scale))
@@ -265,8 +265,7 @@ def _chunk(count: int, per_problem: int, order: int) -> int:
     most = max(CHUNK_BYTES // max(per_problem, 1), least)
     if count <= most:
         return count
-    fits = [size for size in range(least, most + 1) if count % size == 0]
-    return fits[-1] if fits else count
+    return next((size for size in range(most, least - 1, -1) if count % size == 0), count)
 
 
 def _chunks_apply() -> bool:

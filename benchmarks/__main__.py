@@ -162,23 +162,48 @@ def keep_heap() -> str:
     return f"glibc malloc, mmap and trim thresholds raised to {HEAP_THRESHOLD >> 20} MiB (--heap)"
 
 
-def settle(f) -> None:
-    """Calls f, untimed, for SETTLE_S (at least once)."""
-    end = time.perf_counter() + SETTLE_S
+def settle(f, seconds: float = SETTLE_S) -> None:
+    """Calls f, untimed, for the given seconds (at least once)."""
+    end = time.perf_counter() + seconds
     jax.block_until_ready(f())
     while time.perf_counter() < end:
         jax.block_until_ready(f())
 
 
+_STARTED = time.perf_counter()
+
+
 def progress(text: str) -> None:
     if sys.stderr.isatty():
         print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
-    else:
-        print(text, file=sys.stderr, flush=True)
+    elif text:  # a log: each line with the seconds since the start
+        print(f"{time.perf_counter() - _STARTED:7.1f} s  {text}", file=sys.stderr, flush=True)
 
 
-def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list[str]]:
+def run(
+    cases,
+    dtypes,
+    rounds,
+    budget_s,
+    methods=True,
+    settle_s=SETTLE_S,
+    save=None,
+    picked=None,
+    without=(),
+) -> tuple[list[dict], list[str]]:
+    """Times every cell; save(rows, skipped), when given, is called after each cell, so that a
+    run cut short keeps the cells it finished. picked: the numbers (from 1) of the cases to time,
+    None for all; the others' problems are drawn all the same, so that each case gets the same
+    numbers as in a whole run. without: names of systems to leave out."""
     systems, skipped = available(methods)
+    unknown = set(without) - {s.name for s in systems} | set(without) & {BASELINE, "jaxlsq"}
+    if unknown:
+        raise SystemExit(
+            f"python3 -m benchmarks: --without {', '.join(sorted(unknown))}: not a system that "
+            f"can be left out; these can: {', '.join(s.name for s in systems[1:] if s.name != BASELINE)}"
+        )
+    systems = [s for s in systems if s.name not in without]
+    skipped += [f"{name}: left out (--without)" for name in without]
     pool_of = {system.name: system.pool for system in systems}
     rng = np.random.default_rng(0)  # the problems: the same whatever systems are installed
     order = np.random.default_rng(1)  # the order of the calls
@@ -186,6 +211,8 @@ def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list
     cells = [(c, d) for c in cases for d in dtypes]
     for i, (case, dtype) in enumerate(cells, 1):
         a, b = problem(case, dtype, rng)
+        if picked is not None and cases.index(case) + 1 not in picked:
+            continue
         x_ref, x_refined = reference(a, b)
         calls = {}
         for system in systems:
@@ -202,6 +229,8 @@ def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list
                 out = f()
                 jax.block_until_ready(out)
             except Exception as err:  # a peer that cannot take this case: say so, go on
+                if name.startswith("jaxlsq"):  # but jaxlsq must take every case
+                    raise
                 del calls[name, mode]
                 skipped.append(
                     f"{name} {mode} on {case.label()} {np.dtype(dtype).name}: {type(err).__name__}: {str(err)[:120]}"
@@ -222,7 +251,7 @@ def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list
             )
             for p in order.permutation(len(pools)):  # interleaved, in a new order every round
                 keys = [pools[p][j] for j in order.permutation(len(pools[p]))]
-                settle(calls[keys[0]])
+                settle(calls[keys[0]], settle_s)
                 for key in keys:
                     seconds, count = timed(calls[key])
                     times[key].append(seconds)
@@ -247,6 +276,8 @@ def run(cases, dtypes, rounds, budget_s, methods=True) -> tuple[list[dict], list
                     "page_faults": _median_count(faulted[name, mode]),
                 }
             )
+        if save is not None:
+            save(rows, skipped)
     progress("")
     return rows, skipped
 
@@ -351,44 +382,101 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--budget", type=float, default=30.0, help="seconds of timing per cell at most"
     )
+    parser.add_argument(
+        "--no-methods",
+        action="store_true",
+        help="leave out jaxlsq's qr and cholesky methods (a third of the compilations)",
+    )
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated numbers of the cases to time, from 1 in the order of the table "
+        "(default all; each keeps the problem it has in a whole run)",
+    )
+    parser.add_argument(
+        "--without",
+        default="",
+        help="comma-separated systems to leave out, e.g. 'lineax(SVD),torch(gelsy)'",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help=f"seconds of untimed calls at the start of each pool's turn (default {SETTLE_S})",
+    )
     args = parser.parse_args(argv)
     cases = QUICK if args.quick else FULL
+    try:
+        picked = None if args.cases is None else {int(c) for c in args.cases.split(",")}
+    except ValueError:
+        parser.error(f"--cases takes numbers separated by commas, got {args.cases!r}")
+    if picked is not None and not picked <= set(range(1, len(cases) + 1)):
+        parser.error(f"--cases: numbers from 1 to {len(cases)}, got {args.cases!r}")
     rounds = args.rounds or (3 if args.quick else 9)
     dtypes = [np.dtype(d).type for d in args.dtypes.split(",")]
     allocator = keep_heap() if args.heap else "the default malloc"
     started = time.perf_counter()
-    rows, skipped = run(cases, dtypes, rounds, args.budget, methods=not args.quick)
-    import jaxlsq
+    command = "python3 -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.mkdir(parents=True, exist_ok=True)
 
-    info = {
-        "command": "python3 -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": f"{platform.machine()}, {platform.processor() or '?'}, {jax.devices()[0].device_kind}, "
-        f"{len(jax.devices())} JAX device(s)",
-        "python": platform.python_version(),
-        "allocator": allocator,
-        "versions": _versions(),
-        "jaxlsq": jaxlsq.__version__,
-        "seconds": round(time.perf_counter() - started, 1),
-        "skipped": skipped,
-    }
+    def info(skipped: list[str], finished: bool) -> dict:
+        import jaxlsq
+
+        return {
+            "command": command,
+            "machine": _machine(),
+            "python": platform.python_version(),
+            "allocator": allocator,
+            "versions": _versions(),
+            "jaxlsq": jaxlsq.__version__,
+            "seconds": round(time.perf_counter() - started, 1),
+            "finished": finished,  # False: cut short, the cells done so far
+            "skipped": skipped,
+        }
+
+    def save(rows: list[dict], skipped: list[str], finished: bool = False) -> dict:
+        record = {"info": info(skipped, finished), "rows": rows}
+        (args.out / "results.json").write_text(json.dumps(record, indent=1))
+        return record["info"]
+
+    rows, skipped = run(
+        cases,
+        dtypes,
+        rounds,
+        args.budget,
+        not (args.quick or args.no_methods),
+        args.settle,
+        save=save,
+        picked=picked,
+        without=[name for name in args.without.split(",") if name],
+    )
+    record = save(rows, skipped, finished=True)
     for line in skipped:
         print(line)
     print(markdown(rows))
     print()
-    print(json.dumps(info, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    print(json.dumps(record, indent=1))
     if plot(rows, args.out / "ratios.png"):
         print(f"wrote {args.out / 'results.json'} and {args.out / 'ratios.png'}")
     else:
         print(f"wrote {args.out / 'results.json'} (no plot: matplotlib not installed)")
 
 
+def _machine() -> str:
+    """The processor, and the device JAX runs on (a GPU's name where there is one)."""
+    device = jax.devices()[0]
+    return (
+        f"{platform.machine()}, {platform.processor() or '?'}, {os.cpu_count()} CPU cores, "
+        f"{device.platform}: {device.device_kind}, {len(jax.devices())} JAX device(s)"
+    )
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ["jax", "jaxlib", "numpy", "scipy", "lineax", "torch"]:
+    names = ["jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "numpy", "scipy"]
+    for name in [*names, "lineax", "torch"]:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -75,7 +75,7 @@ def available(methods: bool = True) -> tuple[list[System], list[str]]:
         ]
     else:
         skipped.append(
-            "jaxlsq(qr) and jaxlsq(cholesky): left out of --quick (the full run has them)"
+            "jaxlsq(qr) and jaxlsq(cholesky): left out (--quick or --no-methods; the full run has them)"
         )
     systems += [
         _jax_system("jnp.linalg.lstsq", lambda a, b: jnp.linalg.lstsq(a, b)[0]),

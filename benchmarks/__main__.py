@@ -315,7 +315,10 @@ def _count(row: dict | None) -> str:
 
 
 def _ratio(row: dict | None) -> str:
-    return f"{row['ratio_to_jnp']:.2f}" if row and row["ratio_to_jnp"] else "-"
+    if not row or not row["ratio_to_jnp"]:
+        return "-"
+    ratio = row["ratio_to_jnp"]
+    return f"{ratio:.2f}" if ratio >= 0.01 else f"{ratio:.1e}"  # GPU batches: 1e-4
 
 
 def plot(rows: list[dict], path: Path) -> bool:

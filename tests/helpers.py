@@ -216,3 +216,55 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
                 if p not in ancestors[q] and q not in ancestors[p]:
                     pairs.append((p_kind, q_kind))
     return pairs
+
+
+# The derivative battery as problems: shared by the derivative, factorization, ridge and GPU tests.
+CASES = list(battery(np.random.default_rng(0)))
+
+
+def problem(case, complex_, seed=0):
+    """The battery matrix, its rcond, a right-hand side, a rank-preserving curve and weights."""
+    rng = np.random.default_rng(seed + 1000 * CASES.index(case) + 7 * complex_)
+    a, rcond = battery(rng, complex_)[case]
+    a = a.astype(np.complex128 if complex_ else np.float64)
+    m, n = a.shape
+    b = randn(rng, (m, 2), complex_)
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    cut = (rcond if rcond else np.finfo(float).eps * max(m, n)) * s[0]
+    r = int(np.sum(s > cut))
+    tail = (u[:, r:] * s[r:]) @ vh[r:] if r < min(m, n) else 0 * a  # what rcond cuts
+    big_b, big_c = u[:, :r] * s[:r], vh[:r]
+    d_b, d_c = randn(rng, big_b.shape, complex_), randn(rng, big_c.shape, complex_)
+    curve = lambda t: (big_b + t * d_b) @ (big_c + t * d_c) + tail  # noqa: E731
+    da = d_b @ big_c + big_b @ d_c
+    db = randn(rng, b.shape, complex_)
+    weights = randn(rng, (n, 2), complex_)
+    # The tiny-value case: the cut singular value (1e-5) is not exactly zero, so the truncated
+    # pseudo-inverse differs from the exact-rank formula by O(s_cut / s_kept) = 2e-5.
+    model_error = 1e-5 / 0.5 if rcond else 0.0
+    cond = s[0] / s[r - 1] if r else 1.0
+    return a, b, rcond, curve, da, db, weights, model_error, cond
+
+
+def loss(solve, weights):
+    """A generic real scalar of x and residuals, so every entry of the Jacobian matters."""
+
+    def f(a, b):
+        x, res = solve(a, b)
+        return jnp.sum(jnp.abs(x) ** 2) + jnp.sum(jnp.real(weights * x)) + 0.5 * jnp.sum(res)
+
+    return f
+
+
+def reference_solve(rcond):
+    def solve(a, b):
+        x = pinv_solve(a, b, rcond)
+        r = b - jnp.matmul(a, x, precision=jax.lax.Precision.HIGHEST)
+        return x, jnp.sum(jnp.real(r * jnp.conj(r)), axis=0)
+
+    return solve
+
+
+def tolerance(dtype, cond, model_error, order=1):
+    eps = np.finfo(dtype).eps
+    return max(100 * eps * cond ** (order + 1), 10 * model_error)

@@ -6,8 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, count_qrs, count_svds, lapack_calls, low_rank, randn
-from test_derivatives import CASES, problem
+from helpers import (
+    CASES,
+    assert_close,
+    count_qrs,
+    count_svds,
+    lapack_calls,
+    low_rank,
+    problem,
+    randn,
+)
 
 import jaxlsq
 

@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, low_rank, randn, rtol
+from helpers import CASES, assert_close, low_rank, problem, randn, rtol
 from jax.test_util import check_grads
-from test_derivatives import CASES, problem
 
 import jaxlsq
 

@@ -185,6 +185,7 @@ def run(
     dtypes,
     rounds,
     budget_s,
+    *,
     methods=True,
     settle_s=SETTLE_S,
     save=None,
@@ -194,9 +195,9 @@ def run(
     """Times every cell; save(rows, skipped), when given, is called after each cell, so that a
     run cut short keeps the cells it finished. picked: the numbers (from 1) of the cases to time,
     None for all; the others' problems are drawn all the same, so that each case gets the same
-    numbers as in a whole run. without: names of systems to leave out."""
+    numbers as in a whole run with the same dtypes. without: names of systems to leave out."""
     systems, skipped = available(methods)
-    unknown = set(without) - {s.name for s in systems} | set(without) & {BASELINE, "jaxlsq"}
+    unknown = (set(without) - {s.name for s in systems}) | (set(without) & {BASELINE, "jaxlsq"})
     if unknown:
         raise SystemExit(
             f"python3 -m benchmarks: --without {', '.join(sorted(unknown))}: not a system that "
@@ -208,10 +209,10 @@ def run(
     rng = np.random.default_rng(0)  # the problems: the same whatever systems are installed
     order = np.random.default_rng(1)  # the order of the calls
     rows = []
-    cells = [(c, d) for c in cases for d in dtypes]
-    for i, (case, dtype) in enumerate(cells, 1):
+    cells = [(number, c, d) for number, c in enumerate(cases, 1) for d in dtypes]
+    for i, (number, case, dtype) in enumerate(cells, 1):
         a, b = problem(case, dtype, rng)
-        if picked is not None and cases.index(case) + 1 not in picked:
+        if picked is not None and number not in picked:
             continue
         x_ref, x_refined = reference(a, b)
         calls = {}
@@ -394,7 +395,7 @@ def main(argv=None) -> None:
         "--cases",
         default=None,
         help="comma-separated numbers of the cases to time, from 1 in the order of the table "
-        "(default all; each keeps the problem it has in a whole run)",
+        "(default all; each keeps the problem it has in a whole run with the same --dtypes)",
     )
     parser.add_argument(
         "--without",
@@ -438,8 +439,12 @@ def main(argv=None) -> None:
         }
 
     def save(rows: list[dict], skipped: list[str], finished: bool = False) -> dict:
+        """Writes results.json whole or not at all (a run stopped mid-write keeps the last one);
+        returns its info."""
         record = {"info": info(skipped, finished), "rows": rows}
-        (args.out / "results.json").write_text(json.dumps(record, indent=1))
+        part = args.out / "results.json.part"
+        part.write_text(json.dumps(record, indent=1))
+        os.replace(part, args.out / "results.json")
         return record["info"]
 
     rows, skipped = run(
@@ -447,18 +452,18 @@ def main(argv=None) -> None:
         dtypes,
         rounds,
         args.budget,
-        not (args.quick or args.no_methods),
-        args.settle,
+        methods=not (args.quick or args.no_methods),
+        settle_s=args.settle,
         save=save,
         picked=picked,
-        without=[name for name in args.without.split(",") if name],
+        without=list(dict.fromkeys(n.strip() for n in args.without.split(",") if n.strip())),
     )
-    record = save(rows, skipped, finished=True)
+    final = save(rows, skipped, finished=True)
     for line in skipped:
         print(line)
     print(markdown(rows))
     print()
-    print(json.dumps(record, indent=1))
+    print(json.dumps(final, indent=1))
     if plot(rows, args.out / "ratios.png"):
         print(f"wrote {args.out / 'results.json'} and {args.out / 'ratios.png'}")
     else:

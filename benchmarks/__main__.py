@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 
 from .accuracy import refined  # noqa: E402
 from .peers import available, to_host  # noqa: E402
+from .summary import figure  # noqa: E402
 
 BASELINE = "jnp.linalg.lstsq"
 SETTLE_S = 0.2  # untimed calls at the start of each pool's turn
@@ -318,8 +319,7 @@ def _count(row: dict | None) -> str:
 def _ratio(row: dict | None) -> str:
     if not row or not row["ratio_to_jnp"]:
         return "-"
-    ratio = row["ratio_to_jnp"]
-    return f"{ratio:.2f}" if ratio >= 0.01 else f"{ratio:.1e}"  # GPU batches: 1e-4
+    return figure(row["ratio_to_jnp"])  # GPU batches: 1e-4
 
 
 def plot(rows: list[dict], path: Path) -> bool:

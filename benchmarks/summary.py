@@ -56,13 +56,13 @@ def table(runs: list[dict]) -> str:
         cells = []
         for column in columns:
             values = [run[key][column] for run in runs if key in run]
-            each = ", ".join(_figure(v) for v in values)
-            cells.append(f"{each}: **{_figure(np.median(values))}**" if len(values) > 1 else each)
+            each = ", ".join(figure(v) for v in values)
+            cells.append(f"{each}: **{figure(np.median(values))}**" if len(values) > 1 else each)
         lines.append(f"| {case} {shape} | {dtype} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _figure(value: float) -> str:
+def figure(value: float) -> str:
     """Two decimals, or two significant digits below 0.01 (a GPU batch's 1e-4 of jnp)."""
     return f"{value:.2f}" if abs(value) >= 0.01 else f"{value:.1e}"
 

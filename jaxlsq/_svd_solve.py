@@ -443,9 +443,54 @@ def singular_values_of(a: jax.Array, s: jax.Array) -> jax.Array:
 def _singular_values_jvp(primals, tangents):
     # ds_i = Re(u_i^H dA v_i), exact to first order also where singular values repeat.
     (a, s), (da, _) = primals, tangents
-    # Differentiable by JAX's QR and SVD rules (second order): a is factored again (the solve
-    # keeps no vectors of a's SVD), after everything the solve computed (see _order).
-    f = factorize(after(a, s, y_core=1), explicit=True)
-    u, v = f.left.dense(), f.right.dense()
+    # a is factored again (the solve keeps no vectors of a's SVD), after everything the solve
+    # computed (see _order); dense_svd's rule carries the second derivative.
+    u, s, v = dense_svd(after(a, s, y_core=1))
     ds = jnp.real(jnp.sum(jnp.conj(u) * matmul(da, v), axis=-2))
-    return f.s, ds.astype(f.s.dtype)
+    return s, ds.astype(s.dtype)
+
+
+@jax.custom_jvp
+def dense_svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The thin SVD a = u diag(s) v^H with u, v as matrices: factorize's chain of LAPACK calls,
+    differentiated by a rule made of products only. Through JAX's own QR rule the second
+    derivative of the values would add triangular solves that no data dependence orders against
+    the chain's orgqr and gesdd (a hang on jaxlib 0.10, see _order); this rule adds no LAPACK
+    call at any order."""
+    f = factorize(a, explicit=True)
+    return f.left.dense(), f.s, f.right.dense()
+
+
+@dense_svd.defjvp
+def _dense_svd_jvp(primals, tangents):
+    r"""The thin SVD's derivative at distinct nonzero values, with P = U^H dA V (k x k):
+
+        ds_i = Re P_ii,
+        U^H dU = F o (P S + S P^H) + i Im(diag P) S^{-1},    V^H dV = F o (S P + P^H S),
+        F_ij = 1 / (s_j^2 - s_i^2) (0 on the diagonal),
+
+    plus the parts outside the bases where a is not square: (I - U U^H) dA V S^{-1} in dU,
+    (I - V V^H) dA^H U S^{-1} in dV. (The imaginary diagonal is a gauge choice, the one JAX's
+    SVD rule makes.) Where values repeat or vanish the vectors have no derivative and it divides
+    by zero, as JAX's rules for the QR and SVD did here before."""
+    (a,), (da,) = primals, tangents
+    u, s, v = dense_svd(a)
+    dav = matmul(da, v)
+    p = matmul(adjoint(u), dav)
+    ds = jnp.real(jnp.diagonal(p, axis1=-2, axis2=-1))
+    row, col = s[..., None, :], s[..., :, None]  # s_j along a row, s_i down a column
+    eye = jnp.eye(s.shape[-1], dtype=s.dtype)
+    f = (1 / ((row - col) * (row + col) + eye) - eye).astype(a.dtype)
+    inv = (1 / s).astype(a.dtype)
+    ps, sp = p * row.astype(a.dtype), col.astype(a.dtype) * p
+    du_in = f * (ps + adjoint(ps))
+    if jnp.iscomplexobj(a):
+        du_in = du_in + 1j * jnp.imag(p) * eye * inv[..., None, :]
+    du, dv = matmul(u, du_in), matmul(v, f * (sp + adjoint(sp)))
+    m, n = a.shape[-2:]
+    if m > n:  # U has fewer columns than rows
+        du = du + (dav - matmul(u, p)) * inv[..., None, :]
+    if n > m:
+        dahu = matmul(adjoint(da), u)
+        dv = dv + (dahu - matmul(v, adjoint(p))) * inv[..., None, :]
+    return (u, s, v), (du, ds.astype(s.dtype), dv)

@@ -191,6 +191,34 @@ def test_singular_values_where_values_repeat_or_vanish():
         np.testing.assert_allclose(d, fd(g), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("shape", [(9, 4), (4, 9), (5, 5)], ids=["tall", "wide", "square"])
+def test_second_derivatives_of_singular_values(shape, complex_):
+    """The Hessian of a function of the values (distinct and nonzero, where they have one)
+    against jnp.linalg.svd's, in the real and imaginary parts of a complex a. Tall and wide
+    matrices reach the values through a QR; their second derivative comes from jaxlsq's own rule
+    for the vectors (_svd_solve.dense_svd), the square ones from JAX's SVD rule."""
+    rng = np.random.default_rng(21)
+    a = randn(rng, shape, complex_)
+    weights = rng.standard_normal(min(shape))
+    assert np.min(-np.diff(np.linalg.svd(a, compute_uv=False))) > 0.1
+
+    def of_values(values):
+        def f(re, im):
+            s = values(re + 1j * im if complex_ else re)
+            return jnp.sum(weights * s**2) + jnp.sum(jnp.sin(s))
+
+        return f
+
+    ours = of_values(lambda a: jaxlsq.lstsq(a, jnp.ones(a.shape[0], a.dtype)).singular_values)
+    by_jnp = of_values(lambda a: jnp.linalg.svd(a, compute_uv=False))
+    args, argnums = (a.real, a.imag), (0, 1) if complex_ else 0
+    got = jax.jit(jax.hessian(ours, argnums))(*args)
+    want = jax.hessian(by_jnp, argnums)(*args)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert_close(g, w, 1e-11)
+
+
 def test_gradients_under_vmap_match_one_by_one():
     rng = np.random.default_rng(13)
     mats = battery(rng)

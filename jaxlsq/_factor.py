@@ -62,6 +62,11 @@ def adjoint(x: jax.Array) -> jax.Array:
     return jnp.conj(jnp.swapaxes(x, -1, -2))
 
 
+def eye_like(r: jax.Array) -> jax.Array:
+    """Identities of r's shape (..., n, n) and dtype."""
+    return jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
+
+
 def svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Thin SVD: u (..., M, k), s (..., k) descending, vh (..., k, N), with k = min(M, N)."""
     return jnp.linalg.svd(a, full_matrices=False)

@@ -65,6 +65,7 @@ from ._factor import (
     Factor,
     adjoint,
     broadcast_batch,
+    eye_like,
     fold_columns,
     orientation,
     reflect,
@@ -145,7 +146,7 @@ def pinv_solve(
 
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1})
         t = r_inv_c if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
-        return t, _eye_like(r), r_inv, values, full_rank, jnp.ones((), bool)
+        return t, eye_like(r), r_inv, values, full_rank, jnp.ones((), bool)
 
     def svd_branch(r, c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
         u, s, vh = svd(r)
@@ -171,7 +172,7 @@ def pinv_solve(
         # then costs a fifth of a general R), and the values (for the output) the others' as
         # identities; a select then takes each problem's own branch.
         settled = flags[..., None, None]
-        eye = _eye_like(r)
+        eye = eye_like(r)
         *by_svd, s_svd, rank, _ = svd_branch(jnp.where(settled, eye, after(r, short[0])), c)
         values = _values(after(jnp.where(settled, r, eye), s_svd, y_core=1))
         t, v, w = (jnp.where(settled, x, y) for x, y in zip(short[:3], by_svd))
@@ -196,11 +197,7 @@ def pinv_solve(
 
 def _inverse(r: jax.Array) -> jax.Array:
     """R^{-1} by a triangular solve."""
-    return _triangular_solve(r, _eye_like(r))
-
-
-def _eye_like(r: jax.Array) -> jax.Array:
-    return jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
+    return _triangular_solve(r, eye_like(r))
 
 
 def _prepared(a: jax.Array, a_ok: jax.Array, a_scale: jax.Array) -> jax.Array:
@@ -282,7 +279,7 @@ def _joint_factor(a, b, a_ok, a_scale, b_scale):
     both = jnp.concatenate([_prepared(a, a_ok, a_scale), b * b_scale], axis=-1)
     both = jnp.linalg.qr(both, mode="r")
     r, c = both[..., :n, :n], both[..., :n, n:]
-    solved = _triangular_solve(r, jnp.concatenate([_eye_like(r), c], axis=-1))
+    solved = _triangular_solve(r, jnp.concatenate([eye_like(r), c], axis=-1))
     return r, c, solved[..., :n], solved[..., n:]
 
 

@@ -1,8 +1,11 @@
 """Full-rank fast paths: Householder QR and the normal equations (Cholesky).
 
 Both assume what the SVD path does not: full rank (QR), or in addition good conditioning
-(Cholesky, whose normal equations square the condition number). Under their assumption JAX's own
-QR, Cholesky and triangular-solve rules differentiate them correctly, to any order. Each checks
+(Cholesky, whose normal equations square the condition number). Under their assumption their
+derivatives are the full-rank solve's, taken by products with R^{-1} or G^{-1} = (A^H A + lam)^{-1}
+(computed after the solve), to any order; differentiated twice, JAX's own QR, Cholesky and
+triangular-solve rules would add triangular solves that no data dependence orders, which can hang a
+batch on jaxlib 0.10 (see _order). Each checks
 its assumption on the factor it already has, and where the check fails the solution is NaN (never
 a finite wrong answer; multiplied by NaN so that tangents and gradients are NaN too), with the
 rank estimate the check gives (0 where the factorization itself fails):
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._factor import adjoint, matmul
+from ._factor import adjoint, eye_like, matmul
 from ._order import after
 from ._scaling import frobenius, unit_scale
 from ._svd_solve import gram_pair, paired_solve
@@ -50,7 +53,7 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
     paired_solve): products only, so that derivatives of any order add no LAPACK call (see
     _order; JAX's QR and triangular-solve rules, differentiated twice, leave theirs unordered)."""
     x, r, r_inv = _qr_parts(lax.stop_gradient(a), lax.stop_gradient(b))
-    x = paired_solve(a, b, x, _eye_like(r), r_inv, jnp.ones((), bool))
+    x = paired_solve(a, b, x, eye_like(r), r_inv, jnp.ones((), bool))
     # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
     # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff, capped
     # at sqrt(eps) (past it the margin would flag well-conditioned matrices, all of them from 1).
@@ -73,12 +76,8 @@ def _qr_parts(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
             after(r, q), b, left_side=True, lower=False, transpose_a=True, conjugate_a=True
         )
         x = matmul(q, z)
-    r_inv = lax.linalg.triangular_solve(after(r, x), _eye_like(r), left_side=True, lower=False)
+    r_inv = lax.linalg.triangular_solve(after(r, x), eye_like(r), left_side=True, lower=False)
     return x, r, r_inv
-
-
-def _eye_like(r: jax.Array) -> jax.Array:
-    return jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
 
 
 def weighted_qr_solve(
@@ -113,7 +112,7 @@ def _weighted_tall_qr(a: jax.Array, b: jax.Array, w: jax.Array, rcond: jax.Array
 
 @_weighted_tall_qr.defjvp
 def _weighted_tall_qr_jvp(primals, tangents):
-    """JAX's QR rule in (a, b) at fixed weights; in w, dx = (A^H W A)^{-1} A^H dW r with the
+    """qr_solve's rule in (a, b) at fixed weights; in w, dx = (A^H W A)^{-1} A^H dW r with the
     unweighted residual r = b - A x, through R of W^{1/2} A: (A^H W A)^{-1} = R^{-1} R^{-H}."""
     a, b, w, rcond = primals
     da, db, dw, _ = tangents
@@ -124,7 +123,7 @@ def _weighted_tall_qr_jvp(primals, tangents):
     # R^{-1} (XLA computes them once), carrying the pair's derivative for outer transformations
     rooted = root * a
     _, _, r_inv = _qr_parts(lax.stop_gradient(rooted), lax.stop_gradient(root * b))
-    _, pair = gram_pair(rooted, _eye_like(r_inv), after(r_inv, x))
+    _, pair = gram_pair(rooted, eye_like(r_inv), after(r_inv, x))
     return x, dx + matmul(pair, matmul(adjoint(pair), y))
 
 
@@ -161,7 +160,7 @@ def cholesky_solve(
     holds = _well_conditioned(gram_const, chol, threshold, z)
     chol_inv = lax.linalg.triangular_solve(  # after the check (XLA drops it where unused)
         after(chol, holds.astype(d.dtype), y_core=0),
-        jnp.broadcast_to(jnp.eye(k, dtype=chol.dtype), chol.shape),
+        eye_like(chol),
         left_side=True,
         lower=True,
     )

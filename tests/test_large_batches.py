@@ -54,12 +54,15 @@ PROGRAMS = {
 @pytest.mark.parametrize("shape", [(40, 6), (6, 40), (7, 6)], ids=["tall", "wide", "square"])
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_lapack_calls_of_a_batch_form_one_chain(program, shape, form):
+    assert_one_chain(PROGRAMS[program], shape, form, count=5)
+
+
+def assert_one_chain(f, shape, form, count):
+    """f(a, b, w) of a batch of count problems (leading dimensions, or vmapped) orders its LAPACK
+    calls."""
     m, n = shape
-    a, b, w = jnp.ones((5, m, n)), jnp.ones((5, m, 2)), jnp.ones((5, m))
-    f = PROGRAMS[program]
-    if form == "vmap":
-        f = jax.vmap(f)
-    assert unordered_lapack_calls(f, a, b, w) == []
+    a, b, w = jnp.ones((count, m, n)), jnp.ones((count, m, 2)), jnp.ones((count, m))
+    assert unordered_lapack_calls(jax.vmap(f) if form == "vmap" else f, a, b, w) == []
 
 
 # Second order: the Hessian in (a, b, w). Through JAX's own rules the singular values' second
@@ -91,12 +94,7 @@ SECOND_ORDER = {
 @pytest.mark.parametrize("shape", [(12, 3), (3, 12), (4, 3)], ids=["tall", "wide", "square"])
 @pytest.mark.parametrize("program", SECOND_ORDER)
 def test_second_derivatives_of_a_batch_form_one_chain(program, shape, form):
-    m, n = shape
-    a, b, w = jnp.ones((3, m, n)), jnp.ones((3, m, 2)), jnp.ones((3, m))
-    f = jax.hessian(SECOND_ORDER[program], argnums=(0, 1, 2))
-    if form == "vmap":
-        f = jax.vmap(f)
-    assert unordered_lapack_calls(f, a, b, w) == []
+    assert_one_chain(jax.hessian(SECOND_ORDER[program], argnums=(0, 1, 2)), shape, form, count=3)
 
 
 @pytest.mark.parametrize("form", ["leading", "vmap"])

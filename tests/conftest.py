@@ -20,3 +20,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop JAX's compiled programs after each test module. Every program XLA's CPU backend
+    compiles keeps its code in memory maps of its own while JAX caches it; a worker that runs
+    half of the suite would otherwise gather about as many maps as Linux allows one process
+    (vm.max_map_count, 65530 by default), past which LLVM aborts the next compilation ("Unable
+    to allocate section memory!")."""
+    yield
+    jax.clear_caches()

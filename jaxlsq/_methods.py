@@ -1,8 +1,11 @@
 """Full-rank fast paths: Householder QR and the normal equations (Cholesky).
 
 Both assume what the SVD path does not: full rank (QR), or in addition good conditioning
-(Cholesky, whose normal equations square the condition number). Under their assumption JAX's own
-QR, Cholesky and triangular-solve rules differentiate them correctly, to any order. Each checks
+(Cholesky, whose normal equations square the condition number). Under their assumption their
+derivatives are the full-rank solve's, taken by products with R^{-1} or G^{-1} = (A^H A + lam)^{-1}
+(computed after the solve), to any order; differentiated twice, JAX's own QR, Cholesky and
+triangular-solve rules would add triangular solves that no data dependence orders, which can hang a
+batch on jaxlib 0.10 (see _order). Each checks
 its assumption on the factor it already has, and where the check fails the solution is NaN (never
 a finite wrong answer; multiplied by NaN so that tangents and gradients are NaN too), with the
 rank estimate the check gives (0 where the factorization itself fails):
@@ -26,9 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._factor import adjoint, matmul
+from ._factor import adjoint, eye_like, matmul
 from ._order import after
 from ._scaling import frobenius, unit_scale
+from ._svd_solve import gram_pair, paired_solve
 
 
 def _diagonal_check(d: jax.Array, ratio: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -43,9 +47,27 @@ def _flag(x: jax.Array, holds: jax.Array) -> jax.Array:
 
 
 def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Minimum-norm x for full column rank (tall) or full row rank (wide) a; and the rank."""
-    m, n = a.shape[-2:]
-    if m >= n:  # a = Q R: x = R^{-1} Q^H b
+    """Minimum-norm x for full column rank (tall) or full row rank (wide) a; and the rank.
+
+    The derivative is the solve's at full rank, through the pair (I, R^{-1}) (_svd_solve's
+    paired_solve): products only, so that derivatives of any order add no LAPACK call (see
+    _order; JAX's QR and triangular-solve rules, differentiated twice, leave theirs unordered)."""
+    x, r, r_inv = _qr_parts(lax.stop_gradient(a), lax.stop_gradient(b))
+    x = paired_solve(a, b, x, eye_like(r), r_inv, jnp.ones((), bool))
+    # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
+    # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff, capped
+    # at sqrt(eps) (past it the margin would flag well-conditioned matrices, all of them from 1).
+    eps = float(jnp.finfo(a.dtype).eps)
+    margin = min(1e3 * eps * max(a.shape[-2:]), eps**0.5)
+    cutoff = jnp.maximum(rcond, jnp.asarray(margin, rcond.dtype))
+    rank, holds = _diagonal_check(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), cutoff[..., None])
+    return _flag(x, holds), rank
+
+
+def _qr_parts(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(x, R, R^{-1}) of qr_solve, for a = Q R (tall) or a^H = Q R (wide); no derivative. R^{-1}
+    waits for x (see _order), and XLA drops it where no derivative uses it."""
+    if a.shape[-2] >= a.shape[-1]:  # a = Q R: x = R^{-1} Q^H b
         q, r = jnp.linalg.qr(a)
         x = lax.linalg.triangular_solve(r, matmul(adjoint(q), b), left_side=True, lower=False)
     else:  # a^H = Q R, a = R^H Q^H: the minimum-norm x = Q R^{-H} b
@@ -54,14 +76,8 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
             after(r, q), b, left_side=True, lower=False, transpose_a=True, conjugate_a=True
         )
         x = matmul(q, z)
-    # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
-    # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff, capped
-    # at sqrt(eps) (past it the margin would flag well-conditioned matrices, all of them from 1).
-    eps = float(jnp.finfo(a.dtype).eps)
-    margin = min(1e3 * eps * max(m, n), eps**0.5)
-    cutoff = jnp.maximum(rcond, jnp.asarray(margin, rcond.dtype))
-    rank, holds = _diagonal_check(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), cutoff[..., None])
-    return _flag(x, holds), rank
+    r_inv = lax.linalg.triangular_solve(after(r, x), eye_like(r), left_side=True, lower=False)
+    return x, r, r_inv
 
 
 def weighted_qr_solve(
@@ -96,19 +112,19 @@ def _weighted_tall_qr(a: jax.Array, b: jax.Array, w: jax.Array, rcond: jax.Array
 
 @_weighted_tall_qr.defjvp
 def _weighted_tall_qr_jvp(primals, tangents):
-    """JAX's QR rule in (a, b) at fixed weights; in w, dx = (A^H W A)^{-1} A^H dW r with the
+    """qr_solve's rule in (a, b) at fixed weights; in w, dx = (A^H W A)^{-1} A^H dW r with the
     unweighted residual r = b - A x, through R of W^{1/2} A: (A^H W A)^{-1} = R^{-1} R^{-H}."""
     a, b, w, rcond = primals
     da, db, dw, _ = tangents
     root = _root(w, a.dtype)
     x, dx = jax.jvp(lambda a, b: qr_solve(root * a, root * b, rcond)[0], (a, b), (da, db))
     y = matmul(adjoint(a), dw[..., None].astype(a.dtype) * (b - matmul(a, x)))
-    _, r = jnp.linalg.qr(root * a)  # the solve's own QR (XLA computes it once)
-    r = after(r, x)  # after the solve's triangular solve (see _order)
-    t = lax.linalg.triangular_solve(
-        r, y, left_side=True, lower=False, transpose_a=True, conjugate_a=True
-    )
-    return x, dx + lax.linalg.triangular_solve(r, t, left_side=True, lower=False)
+    # (A^H W A)^{-1} = W' W'^H for the pair (I, W' = R^{-1}) of W^{1/2} A: the solve's own QR and
+    # R^{-1} (XLA computes them once), carrying the pair's derivative for outer transformations
+    rooted = root * a
+    _, _, r_inv = _qr_parts(lax.stop_gradient(rooted), lax.stop_gradient(root * b))
+    _, pair = gram_pair(rooted, eye_like(r_inv), after(r_inv, x))
+    return x, dx + matmul(pair, matmul(adjoint(pair), y))
 
 
 def cholesky_solve(
@@ -127,21 +143,60 @@ def cholesky_solve(
     wa, wb = (a, b) if w is None or not tall else (w[..., None] * a, w[..., None] * b)
     gram = matmul(ah, wa) if tall else matmul(a, ah)
     gram = gram + lam[..., None, None].astype(a.dtype) * jnp.eye(gram.shape[-1], dtype=a.dtype)
-    chol = jnp.linalg.cholesky(gram)
     rhs = matmul(ah, wb) if tall else b
-    y = lax.linalg.triangular_solve(chol, rhs, left_side=True, lower=True)
+    # The LAPACK calls see constants: z = G^{-1} rhs and G^{-1} carry the derivative by products
+    # (_normal_solution), so that derivatives of any order add no LAPACK call (see _order; JAX's
+    # Cholesky and triangular-solve rules, differentiated twice, leave theirs unordered).
+    gram_const = lax.stop_gradient(gram)
+    chol = jnp.linalg.cholesky(gram_const)
+    y = lax.linalg.triangular_solve(chol, lax.stop_gradient(rhs), left_side=True, lower=True)
     z = lax.linalg.triangular_solve(
         chol, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True
     )
-    x = z if tall else matmul(ah, z)
     d = jnp.real(jnp.diagonal(chol, axis1=-2, axis2=-1))
     d = jnp.where(jnp.isnan(d), 0, d)
     threshold = 1e3 * float(jnp.finfo(a.dtype).eps)
     k = gram.shape[-1]
-    holds = _well_conditioned(gram, chol, threshold, z)
+    holds = _well_conditioned(gram_const, chol, threshold, z)
+    chol_inv = lax.linalg.triangular_solve(  # after the check (XLA drops it where unused)
+        after(chol, holds.astype(d.dtype), y_core=0),
+        eye_like(chol),
+        left_side=True,
+        lower=True,
+    )
+    z = _normal_solution(gram, rhs, z, matmul(adjoint(chol_inv), chol_inv))
+    x = z if tall else matmul(ah, z)
     count, _ = _diagonal_check(d, jnp.asarray(threshold**0.5, d.dtype))
     rank = jnp.where(holds, k, jnp.minimum(count, k - 1))
     return _flag(x, holds), rank
+
+
+@jax.custom_jvp
+def _normal_solution(g: jax.Array, rhs: jax.Array, z: jax.Array, g_inv: jax.Array) -> jax.Array:
+    """z = G^{-1} rhs, computed already (z and g_inv = G^{-1} carry no derivative); the derivative
+    dz = G^{-1} (drhs - dG z), by products."""
+    return z
+
+
+@_normal_solution.defjvp
+def _normal_solution_jvp(primals, tangents):
+    g, rhs, z, g_inv = primals
+    dg, drhs = tangents[:2]
+    z = _normal_solution(g, rhs, z, g_inv)  # recursive: outer transformations see this rule again
+    return z, matmul(_inverse_of(g, g_inv), drhs - matmul(dg, z))
+
+
+@jax.custom_jvp
+def _inverse_of(g: jax.Array, g_inv: jax.Array) -> jax.Array:
+    """G^{-1}, computed already, with its derivative -G^{-1} dG G^{-1}."""
+    return g_inv
+
+
+@_inverse_of.defjvp
+def _inverse_of_jvp(primals, tangents):
+    g, g_inv = primals
+    g_inv = _inverse_of(g, g_inv)
+    return g_inv, -matmul(g_inv, matmul(tangents[0], g_inv))
 
 
 def _well_conditioned(

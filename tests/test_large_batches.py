@@ -65,16 +65,28 @@ def assert_one_chain(f, shape, form, count):
     assert unordered_lapack_calls(jax.vmap(f) if form == "vmap" else f, a, b, w) == []
 
 
-# Second order: the Hessian in (a, b, w) of every output (the singular values' second derivative
-# once left JAX's QR rule's triangular solve unordered against an orgqr and the gesdd, and the
-# program in test_large_batched_gradients_finish hung). The qr and cholesky methods are not here:
-# differentiated twice, JAX's own rules leave their triangular solves unordered (README, Known
-# issues).
+# Second order: the Hessian in (a, b, w). Through JAX's own rules the singular values' second
+# derivative left a QR rule's triangular solve unordered against an orgqr and the gesdd, and the
+# qr and cholesky methods' left dozens of triangular solves unordered; the programs in
+# test_large_batched_gradients_finish hung.
+def by_method(method, weighted):
+    return lambda a, b, w: jnp.sum(
+        jaxlsq.lstsq(a, b, method=method, weights=w if weighted else None).x ** 2
+    )
+
+
 SECOND_ORDER = {
     "every_output": lambda a, b, w: every_output(jaxlsq.lstsq(a, b)),
     "ridge": lambda a, b, w: every_output(jaxlsq.lstsq(a, b, l2_regularizer=0.5)),
     "weights": lambda a, b, w: every_output(jaxlsq.lstsq(a, b, weights=w)),
     "factorize_values": lambda a, b, w: jnp.sum(jaxlsq.factorize(a).singular_values),
+    "qr": by_method("qr", weighted=False),
+    "qr_weights": by_method("qr", weighted=True),
+    "cholesky": by_method("cholesky", weighted=False),
+    "cholesky_weights": by_method("cholesky", weighted=True),
+    "cholesky_ridge": lambda a, b, w: jnp.sum(
+        jaxlsq.lstsq(a, b, method="cholesky", l2_regularizer=0.5).x ** 2
+    ),
 }
 
 
@@ -150,13 +162,19 @@ for loss in (programs["gradients"], programs["vmap"]):
         jax.block_until_ready(f(a, b))
 print("chunks", "done", flush=True)
 
-# Hessians of every output, per problem (vmap), of 2,000 16x6 and 6x16 problems
+# Hessians per problem (vmap) of 2,000 16x6 and 6x16 problems: every output, and x by the qr
+# and cholesky methods
+def by_method(method):
+    return lambda a, b: jnp.sum(jaxlsq.lstsq(a, b, method=method).x ** 2)
+
+methods = [by_method("qr"), by_method("cholesky")]
 for shape in ((16, 6), (6, 16)):
     a = jnp.asarray(rng.standard_normal((2000, *shape)), jnp.float32)
     b = jnp.asarray(rng.standard_normal((2000, shape[0], 1)), jnp.float32)
-    f = jax.jit(jax.vmap(jax.hessian(programs["gradients"], argnums=(0, 1))))
-    for _ in range(3):
-        jax.block_until_ready(f(a, b))
+    for loss in (programs["gradients"], *methods):
+        f = jax.jit(jax.vmap(jax.hessian(loss, argnums=(0, 1))))
+        for _ in range(3):
+            jax.block_until_ready(f(a, b))
 print("hessians", "done", flush=True)
 """
 
@@ -164,8 +182,8 @@ print("hessians", "done", flush=True)
 def test_large_batched_gradients_finish():
     """value_and_grad through every output of 2,000 64x8 float32 problems (the programs that
     hung on 2 cores before the ordering), and of 8,192 (factored in chunks), and the Hessians of
-    2,000 small problems (which hung before the values' second derivative came from
-    dense_svd), in a fresh process with the default thread pool."""
+    2,000 small problems (which hung before the values and the qr and cholesky methods took
+    their derivatives by products), in a fresh process with the default thread pool."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
     try:

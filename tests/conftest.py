@@ -26,10 +26,10 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
-    """Drop JAX's compiled programs after each test module. Every program XLA's CPU backend
-    compiles keeps its code in memory maps of its own while JAX caches it; a worker that runs
-    half of the suite would otherwise gather about as many maps as Linux allows one process
-    (vm.max_map_count, 65530 by default), past which LLVM aborts the next compilation ("Unable
-    to allocate section memory!")."""
+    """Drop JAX's compiled programs after each test module. The code of the programs XLA's CPU
+    backend compiles stays in memory maps while JAX caches them; a worker that runs half of the
+    suite would otherwise gather about as many maps as Linux allows one process (vm.max_map_count,
+    65530 by default; one worker's modules added up to 72,265), past which LLVM aborts the next
+    compilation ("Unable to allocate section memory!")."""
     yield
     jax.clear_caches()

@@ -195,6 +195,23 @@ def pinv_solve(
     return x, after(s / a_scale[..., 0], x, x_core=1), rank
 
 
+def full_rank_parts(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The shortcut's x with R and R^{-1}, as if full rank were certified, for a and b of the
+    same batch shape: x = R^{-1} Q^H b for a tall a = Q R, x = Q R^{-H} b for a wide a^H = Q R.
+    The same factorizations as pinv_solve's (the tall one through _tall_factor: the joint QR of
+    [a, b], in chunks where those apply; no explicit Q), with no check and no derivative, for the
+    full-rank methods (_methods.qr_solve). The LAPACK calls are ordered (see _order): a wide R^{-1}
+    waits for x."""
+    if orientation(a) == "tall":
+        ones = jnp.ones((*a.shape[:-2], 1, 1), a.dtype)
+        r, _, r_inv, x = _tall_factor(a, b, jnp.ones(a.shape[:-2], bool), ones, ones)
+        return x, r, r_inv
+    h, taus, r = triangular_factor(a)
+    t = _triangular_solve(r, b, adjoint_r=True)
+    x = reflect(h, after(taus, t, x_core=1), t)
+    return x, r, _inverse(after(r, x))
+
+
 def _inverse(r: jax.Array) -> jax.Array:
     """R^{-1} by a triangular solve."""
     return _triangular_solve(r, eye_like(r))

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ._factor import adjoint, eye_like, matmul
+from ._full_rank import full_rank_parts
 from ._order import after
 from ._scaling import frobenius, unit_scale
 from ._svd_solve import gram_pair, paired_solve
@@ -52,7 +53,14 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
     The derivative is the solve's at full rank, through the pair (I, R^{-1}) (_svd_solve's
     paired_solve): products only, so that derivatives of any order add no LAPACK call (see
     _order; JAX's QR and triangular-solve rules, differentiated twice, leave theirs unordered)."""
-    x, r, r_inv = _qr_parts(lax.stop_gradient(a), lax.stop_gradient(b))
+    return _checked_solve(a, b, rcond, full_rank_parts(lax.stop_gradient(a), lax.stop_gradient(b)))
+
+
+def _checked_solve(
+    a: jax.Array, b: jax.Array, rcond: jax.Array, parts: tuple[jax.Array, jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    """qr_solve from a's parts (x, R, R^{-1}) (full_rank_parts, no derivative)."""
+    x, r, r_inv = parts
     x = paired_solve(a, b, x, eye_like(r), r_inv, jnp.ones((), bool))
     # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
     # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff, capped
@@ -62,22 +70,6 @@ def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, j
     cutoff = jnp.maximum(rcond, jnp.asarray(margin, rcond.dtype))
     rank, holds = _diagonal_check(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), cutoff[..., None])
     return _flag(x, holds), rank
-
-
-def _qr_parts(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(x, R, R^{-1}) of qr_solve, for a = Q R (tall) or a^H = Q R (wide); no derivative. R^{-1}
-    waits for x (see _order), and XLA drops it where no derivative uses it."""
-    if a.shape[-2] >= a.shape[-1]:  # a = Q R: x = R^{-1} Q^H b
-        q, r = jnp.linalg.qr(a)
-        x = lax.linalg.triangular_solve(r, matmul(adjoint(q), b), left_side=True, lower=False)
-    else:  # a^H = Q R, a = R^H Q^H: the minimum-norm x = Q R^{-H} b
-        q, r = jnp.linalg.qr(adjoint(a))
-        z = lax.linalg.triangular_solve(  # after Q is formed (see _order)
-            after(r, q), b, left_side=True, lower=False, transpose_a=True, conjugate_a=True
-        )
-        x = matmul(q, z)
-    r_inv = lax.linalg.triangular_solve(after(r, x), eye_like(r), left_side=True, lower=False)
-    return x, r, r_inv
 
 
 def weighted_qr_solve(
@@ -117,12 +109,15 @@ def _weighted_tall_qr_jvp(primals, tangents):
     a, b, w, rcond = primals
     da, db, dw, _ = tangents
     root = _root(w, a.dtype)
-    x, dx = jax.jvp(lambda a, b: qr_solve(root * a, root * b, rcond)[0], (a, b), (da, db))
-    y = matmul(adjoint(a), dw[..., None].astype(a.dtype) * (b - matmul(a, x)))
-    # (A^H W A)^{-1} = W' W'^H for the pair (I, W' = R^{-1}) of W^{1/2} A: the solve's own QR and
-    # R^{-1} (XLA computes them once), carrying the pair's derivative for outer transformations
     rooted = root * a
-    _, _, r_inv = _qr_parts(lax.stop_gradient(rooted), lax.stop_gradient(root * b))
+    parts = full_rank_parts(lax.stop_gradient(rooted), lax.stop_gradient(root * b))
+    x, dx = jax.jvp(
+        lambda a, b: _checked_solve(root * a, root * b, rcond, parts)[0], (a, b), (da, db)
+    )
+    y = matmul(adjoint(a), dw[..., None].astype(a.dtype) * (b - matmul(a, x)))
+    # (A^H W A)^{-1} = W' W'^H for the pair (I, W' = R^{-1}) of W^{1/2} A: the solve's own R^{-1},
+    # carrying the pair's derivative for outer transformations
+    r_inv = parts[2]
     _, pair = gram_pair(rooted, eye_like(r_inv), after(r_inv, x))
     return x, dx + matmul(pair, matmul(adjoint(pair), y))
 

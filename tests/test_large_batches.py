@@ -41,6 +41,9 @@ PROGRAMS = {
     "ridge": value_and_grad(lambda a, b, w: jaxlsq.lstsq(a, b, l2_regularizer=0.5)),
     "weights": value_and_grad(lambda a, b, w: jaxlsq.lstsq(a, b, weights=w)),
     "qr": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.lstsq(a, b, method="qr").x ** 2)),
+    "qr_weights": jax.grad(
+        lambda a, b, w: jnp.sum(jaxlsq.lstsq(a, b, method="qr", weights=w).x ** 2), argnums=(0, 2)
+    ),
     "cholesky": jax.grad(lambda a, b, w: jnp.sum(jaxlsq.lstsq(a, b, method="cholesky").x ** 2)),
     # a Factorization's solves are matrix products (no LAPACK call), so they mix freely; its
     # differentiated singular values factor a again, a call of their own (README, "Known issues")
@@ -98,10 +101,11 @@ def test_second_derivatives_of_a_batch_form_one_chain(program, shape, form):
 
 
 @pytest.mark.parametrize("form", ["leading", "vmap"])
-@pytest.mark.parametrize("program", ["solve", "gradients"])
+@pytest.mark.parametrize("program", ["solve", "gradients", "qr", "qr_weights"])
 def test_a_batch_factored_in_chunks_keeps_one_chain(monkeypatch, request, program, form):
     """The joint QR taken a chunk of problems at a time (a lax.map loop, here one problem a
-    chunk): the loop and the solve's later LAPACK calls stay in one chain."""
+    chunk), by the plain solve and by method="qr": the loop and the solve's later LAPACK calls
+    stay in one chain."""
     monkeypatch.setattr(_full_rank, "CHUNK_BYTES", 1)
     monkeypatch.setattr(_full_rank, "UNROLLED_BATCH", 1)
     monkeypatch.setattr(_full_rank, "_chunks_apply", lambda: True)  # the tests simulate 8 devices

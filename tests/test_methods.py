@@ -4,10 +4,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, count_qrs, count_svds, low_rank, randn, with_singular_values
+from helpers import (
+    assert_close,
+    compiled,
+    count_qrs,
+    count_svds,
+    low_rank,
+    randn,
+    with_singular_values,
+)
 from jax.test_util import check_grads
 
 import jaxlsq
+from jaxlsq import _full_rank
 
 SHAPES = {"tall": (30, 5), "wide": (5, 30), "square": (6, 6)}
 METHODS = ["qr", "cholesky"]
@@ -188,3 +197,47 @@ def test_zero_weights_have_finite_derivatives_from_the_weighted_normal_equations
     )
     if method == "qr":
         assert count_qrs(jax.jit(jax.grad(ours, argnums=(0, 1, 2))), a, b, w) == 1
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weights"])
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+def test_qr_on_a_batch_factored_in_chunks(monkeypatch, request, form, weighted):
+    """method="qr" factors a tall batch as the plain solve does: one QR of [a, b], a chunk of
+    problems at a time where the batch passes CHUNK_BYTES. NumPy's x for every full-rank member,
+    NaN for the rank-deficient one, and bit for bit the whole batch's answer and gradients."""
+    rng = np.random.default_rng(31)
+    m, n = 30, 5
+    a = randn(rng, (12, m, n))
+    a[4] = with_singular_values(rng, m, n, [1.0, 0.5, 0.1, 0.01, 0.0])
+    b, w = randn(rng, (12, m, 1)), rng.uniform(0.5, 2.0, (12, m))
+    # three problems to a chunk (four chunks); unrolled triangular solves in both programs
+    monkeypatch.setattr(_full_rank, "UNROLLED_BATCH", 2)
+    monkeypatch.setattr(_full_rank, "_chunks_apply", lambda: True)  # the tests simulate 8 devices
+    request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
+
+    def solve(a, b, w):
+        return jaxlsq.lstsq(a, b, method="qr", weights=w if weighted else None)
+
+    solve = jax.vmap(solve) if form == "vmap" else solve
+
+    def loss(a, b, w):
+        return jnp.sum(jnp.nan_to_num(solve(a, b, w).x) ** 2)
+
+    outs = {}
+    for chunk_bytes, name in ((3 * m * (n + 1) * 8, "chunks"), (1 << 40, "whole")):
+        monkeypatch.setattr(_full_rank, "CHUNK_BYTES", chunk_bytes)
+        jax.clear_caches()  # lstsq's programs were traced with the other CHUNK_BYTES
+        assert (" while(" in compiled(solve, a, b, w).as_text()) == (name == "chunks"), name
+        gradients = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(a, b, w)
+        outs[name] = jax.jit(solve)(a, b, w), gradients
+    for got, want in zip(jax.tree.leaves(outs["chunks"]), jax.tree.leaves(outs["whole"])):
+        np.testing.assert_array_equal(got, want)
+    root = np.sqrt(w if weighted else np.ones_like(w))[..., None]
+    x = outs["chunks"][0].x
+    for i in range(12):
+        if i == 4:
+            assert np.all(np.isnan(x[i]))
+            continue
+        want = np.linalg.lstsq(root[i] * a[i], root[i] * b[i], rcond=None)[0]
+        assert_close(x[i], want, 1e-12)
+    assert np.all(np.isfinite(outs["chunks"][1][0][np.arange(12) != 4]))

@@ -195,19 +195,30 @@ def pinv_solve(
     return x, after(s / a_scale[..., 0], x, x_core=1), rank
 
 
-def full_rank_parts(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def full_rank_parts(
+    a: jax.Array,
+    b: jax.Array,
+    a_ok: jax.Array | None = None,
+    a_scale: jax.Array | None = None,
+    b_scale: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The shortcut's x with R and R^{-1}, as if full rank were certified, for a and b of the
-    same batch shape: x = R^{-1} Q^H b for a tall a = Q R, x = Q R^{-H} b for a wide a^H = Q R.
-    The same factorizations as pinv_solve's (the tall one through _tall_factor: the joint QR of
-    [a, b], in chunks where those apply; no explicit Q), with no check and no derivative, for the
-    full-rank methods (_methods.qr_solve). The LAPACK calls are ordered (see _order): a wide R^{-1}
-    waits for x."""
+    same batch shape: x = R^{-1} Q^H b for a tall a = Q R, x = Q R^{-H} b for a wide a^H = Q R;
+    of the problem the factorizations see (_prepared: a zero where not a_ok, scaled by a_scale;
+    b scaled by b_scale; by default all ok, scales 1). The same factorizations as pinv_solve's
+    (the tall one through _tall_factor: the joint QR of [a, b], in chunks where those apply,
+    masking and scaling as each chunk is read; no explicit Q), with no check and no derivative,
+    for the full-rank methods (_methods.qr_solve). The LAPACK calls are ordered (see _order): a
+    wide R^{-1} waits for x."""
+    lead = a.shape[:-2]
+    a_ok = jnp.ones(lead, bool) if a_ok is None else a_ok
+    one = jnp.ones((*lead, 1, 1), a.dtype)
+    a_scale, b_scale = (one if s is None else s for s in (a_scale, b_scale))
     if orientation(a) == "tall":
-        ones = jnp.ones((*a.shape[:-2], 1, 1), a.dtype)
-        r, _, r_inv, x = _tall_factor(a, b, jnp.ones(a.shape[:-2], bool), ones, ones)
+        r, _, r_inv, x = _tall_factor(a, b, a_ok, a_scale, b_scale)
         return x, r, r_inv
-    h, taus, r = triangular_factor(a)
-    t = _triangular_solve(r, b, adjoint_r=True)
+    h, taus, r = triangular_factor(_prepared(a, a_ok, a_scale))
+    t = _triangular_solve(r, b * b_scale, adjoint_r=True)
     x = reflect(h, after(taus, t, x_core=1), t)
     return x, r, _inverse(after(r, x))
 

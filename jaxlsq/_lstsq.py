@@ -12,7 +12,7 @@ from jax.typing import ArrayLike
 from . import _validate
 from ._factor import matmul
 from ._full_rank import pinv_solve
-from ._methods import cholesky_solve, weighted_qr_solve
+from ._methods import cholesky_solve, qr_solve, weighted_qr_solve
 from ._scaling import regularized, scaled_back, scales
 from ._svd_solve import rank_of, ridge_solve, singular_values, singular_values_of, weighted_solve
 
@@ -360,15 +360,23 @@ def _lstsq_core(
         # to a largest entry in [1/2, 1) for the normal equations, whose Gram matrix squares the
         # entries. lam scales by a_scale^2, kept far from overflow (see regularized). The
         # scales are the weighted problem's: rows of weight 0 do not set them.
-        cholesky = method == "cholesky"
+        # The plain qr, as pinv_solve, takes a's scale from the given a and masks and scales a
+        # where its QR reads it (see qr_solve): XLA then forms no masked copy of a whole batch.
+        cholesky, plain_qr = method == "cholesky", method == "qr" and w is None
         weighted = 1 if root is None else root
-        a_scale, b_scale = scales(weighted * a_m, weighted * b_m, always=cholesky)
+        a_full = jnp.broadcast_to(a_given, a_m.shape)
+        a_scale, b_scale = scales(
+            a_full if plain_qr else weighted * a_m, weighted * b_m, always=cholesky
+        )
         if lam is not None:
             a_scale = regularized(a_scale, lam)
-        a_m, b_m = a_m * a_scale, b_m * b_scale
-        if method == "qr":
-            x, rank = weighted_qr_solve(a_m, b_m, w_m, rcond)
+        if plain_qr:
+            finite_m = jnp.broadcast_to(finite_a, batch)
+            x, rank = qr_solve(a_full, b_m, rcond, finite_m, a_scale, b_scale)
+        elif method == "qr":
+            x, rank = weighted_qr_solve(a_m * a_scale, b_m * b_scale, w_m, rcond)
         else:
+            a_m, b_m = a_m * a_scale, b_m * b_scale
             lam = jnp.zeros((), rcond.dtype) if lam is None else lam
             lam = lam * a_scale[..., 0, 0] * a_scale[..., 0, 0]  # 0 stays 0 (a_scale^2 may not)
             x, rank = cholesky_solve(a_m, b_m, lam, w_m)

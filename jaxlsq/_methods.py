@@ -47,13 +47,28 @@ def _flag(x: jax.Array, holds: jax.Array) -> jax.Array:
     return x * jnp.where(holds, 1, jnp.nan)[..., None, None].astype(x.dtype)
 
 
-def qr_solve(a: jax.Array, b: jax.Array, rcond: jax.Array) -> tuple[jax.Array, jax.Array]:
+def qr_solve(
+    a: jax.Array,
+    b: jax.Array,
+    rcond: jax.Array,
+    a_ok: jax.Array | None = None,
+    a_scale: jax.Array | None = None,
+    b_scale: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Minimum-norm x for full column rank (tall) or full row rank (wide) a; and the rank.
+
+    With scales (..., 1, 1) given, the problem solved is (a_scale A) x = b_scale b, and a_ok (a's
+    batch shape) tells which matrices the factorization reads as zeros (non-finite ones): these
+    are applied where the factorization reads a (a tall batch's chunks, _full_rank.full_rank_parts),
+    so that no masked, scaled copy of a whole batch is formed for it.
 
     The derivative is the solve's at full rank, through the pair (I, R^{-1}) (_svd_solve's
     paired_solve): products only, so that derivatives of any order add no LAPACK call (see
     _order; JAX's QR and triangular-solve rules, differentiated twice, leave theirs unordered)."""
-    return _checked_solve(a, b, rcond, full_rank_parts(lax.stop_gradient(a), lax.stop_gradient(b)))
+    parts = full_rank_parts(lax.stop_gradient(a), lax.stop_gradient(b), a_ok, a_scale, b_scale)
+    a = a if a_scale is None else a * a_scale
+    b = b if b_scale is None else b * b_scale
+    return _checked_solve(a, b, rcond, parts)
 
 
 def _checked_solve(

@@ -31,7 +31,7 @@ from jax import lax
 
 from ._factor import adjoint, eye_like, matmul
 from ._full_rank import full_rank_parts
-from ._order import after
+from ._order import after, token
 from ._scaling import frobenius, unit_scale
 from ._svd_solve import gram_pair, paired_solve
 
@@ -76,7 +76,7 @@ def _checked_solve(
 ) -> tuple[jax.Array, jax.Array]:
     """qr_solve from a's parts (x, R, R^{-1}) (full_rank_parts, no derivative)."""
     x, r, r_inv = parts
-    x = paired_solve(a, b, x, eye_like(r), r_inv, jnp.ones((), bool))
+    x = paired_solve(a, b, x, _identity_like(r), r_inv, jnp.ones((), bool))
     # Rounding leaves the diagonal entry of an exactly dependent column at a few eps ||A||, which
     # can exceed eps max(M, N): the check keeps a margin of 1e3 over that default cutoff, capped
     # at sqrt(eps) (past it the margin would flag well-conditioned matrices, all of them from 1).
@@ -85,6 +85,13 @@ def _checked_solve(
     cutoff = jnp.maximum(rcond, jnp.asarray(margin, rcond.dtype))
     rank, holds = _diagonal_check(jnp.abs(jnp.diagonal(r, axis1=-2, axis2=-1)), cutoff[..., None])
     return _flag(x, holds), rank
+
+
+def _identity_like(r: jax.Array) -> jax.Array:
+    """The identity of R's order for each problem, batched as R is (also over vmapped problems):
+    beside a batched R^{-1}, an unbatched identity made the second derivative of a vmapped solve
+    fail to lower (a transpose of the wrong rank in the lax.cond of _svd_solve's tangent)."""
+    return eye_like(r) + token(r, core=2)[..., None, None].astype(r.dtype)
 
 
 def weighted_qr_solve(
@@ -133,7 +140,7 @@ def _weighted_tall_qr_jvp(primals, tangents):
     # (A^H W A)^{-1} = W' W'^H for the pair (I, W' = R^{-1}) of W^{1/2} A: the solve's own R^{-1},
     # carrying the pair's derivative for outer transformations
     r_inv = parts[2]
-    _, pair = gram_pair(rooted, eye_like(r_inv), after(r_inv, x))
+    _, pair = gram_pair(rooted, _identity_like(r_inv), after(r_inv, x))
     return x, dx + matmul(pair, matmul(adjoint(pair), y))
 
 

@@ -265,3 +265,23 @@ def test_qr_forms_no_masked_copy_of_a_large_batch(monkeypatch, request):
         return solve.memory_analysis().temp_size_in_bytes
 
     assert temporaries("qr") <= 1.1 * temporaries("svd")
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weights"])
+@pytest.mark.parametrize("shape", ["tall", "wide"])
+def test_qr_hessian_of_a_vmapped_solve(shape, weighted):
+    """jax.hessian of a function that vmaps the qr solve: it failed to lower for a tall a (an
+    unbatched identity beside the batched R^{-1} in the rule's pair); now the svd method's."""
+    rng = np.random.default_rng(32)
+    m, n = SHAPES[shape]
+    a, b = randn(rng, (3, m, n)), randn(rng, (3, m, 2))
+    w = rng.uniform(0.5, 2.0, (3, m))
+
+    def loss(method):
+        def solve(a, b, w):
+            return jaxlsq.lstsq(a, b, method=method, weights=w if weighted else None).x
+
+        return lambda a: jnp.sum(jax.vmap(solve)(a, b, w) ** 2)
+
+    got = jax.jit(jax.hessian(loss("qr")))(a)
+    assert_close(got, jax.jit(jax.hessian(loss("svd")))(a), 1e-9)

@@ -46,9 +46,10 @@ exchanges this one boolean. _single tells a vmapped matrix from a single one (it
 the constant False under vmap).
 
 On a single CPU device, a large tall batch takes its joint QR of [a, b] a chunk of problems at a
-time (see CHUNK_BYTES), with a's masking (non-finite matrices read as zeros) and scaling done
-where each chunk is read: the program then holds no whole-batch copy of [a, b]. The chunks give
-the same factors, bit for bit. (K > N and the wide route still form a masked, scaled copy of a.)
+time (see CHUNK_BYTES), with a's masking (non-finite matrices read as zeros) and scaling done where
+each chunk is read: the program then holds no whole-batch copy of [a, b]. The chunks give the same
+factors, bit for bit on jaxlib 0.10.2 (to rounding on 0.6.0). (K > N and the wide route still form
+a masked, scaled copy of a.)
 """
 
 from __future__ import annotations
@@ -233,17 +234,17 @@ def _prepared(a: jax.Array, a_ok: jax.Array, a_scale: jax.Array) -> jax.Array:
     return jnp.where(a_ok[..., None, None], a, 0) * a_scale
 
 
-# A batch whose joint QR would take more than CHUNK_BYTES of [a, b] is factored a chunk of
-# problems at a time (lax.map), with a's masking and scaling inside the loop. Whole, the batch's
-# copy of [a, b] in LAPACK's layout is one more buffer of the batch's size, and above 32 MiB of
-# temporaries glibc's malloc maps a program's buffers afresh on every call (BENCHMARKS.md, Page
-# faults). On 2 CPU cores (interleaved against the whole-batch program, one process), jaxlsq.lstsq
-# over 10,000 64x8 float64 problems (x alone) took 23.8 ms where it took 41.6 (15,905 page faults
-# a call; with every output the program keeps 32.3 MiB, just over, and about 7,000), 1,000 256x32
-# float32 28.1 ms where 48.0, and 10,000 64x8 float32 (31 MiB whole, no faults) 0.95-1.05x its
-# time; the same answers bit for bit. Chunks keep at least UNROLLED_BATCH problems where the order
-# allows the unrolled triangular solves, so that these take the whole batch's route. Only on a
-# single CPU device (_chunks_apply).
+# A batch whose joint QR would take more than CHUNK_BYTES of [a, b] is factored a chunk of problems
+# at a time (lax.map), with a's masking and scaling inside the loop. Whole, the batch's copy of
+# [a, b] in LAPACK's layout is one more buffer of the batch's size, and above 32 MiB of temporaries
+# glibc's malloc maps a program's buffers afresh on every call (BENCHMARKS.md, Page faults). On 2
+# CPU cores (interleaved against the whole-batch program, one process), jaxlsq.lstsq over 10,000
+# 64x8 float64 problems (x alone) took 23.8 ms where it took 41.6 (15,905 page faults a call; with
+# every output the program keeps 32.3 MiB, just over, and about 7,000), 1,000 256x32 float32 28.1 ms
+# where 48.0, and 10,000 64x8 float32 (31 MiB whole, no faults) 0.95-1.05x its time; the same
+# answers bit for bit (jaxlib 0.10.2; to rounding on 0.6.0). Chunks keep at least UNROLLED_BATCH
+# problems where the order allows the unrolled triangular solves, so that these take the whole
+# batch's route. Only on a single CPU device (_chunks_apply).
 CHUNK_BYTES = 8 << 20
 
 

@@ -28,7 +28,7 @@ from helpers import (
 from jax.test_util import check_grads
 
 import jaxlsq
-from jaxlsq import _full_rank
+from jaxlsq import _full_rank, _svd_solve
 from jaxlsq._full_rank import (
     UNROLLED_BATCH,
     UNROLLED_ORDER,
@@ -473,3 +473,32 @@ def test_check_grads_second_order(kind, complex_):
     m, n = {"tall": (12, 3), "wide": (3, 12), "square": (4, 4), "near-wide": (3, 5)}[kind]
     a, b = randn(rng, (m, n), complex_), randn(rng, (m, 2), complex_)
     check_grads(lambda a, b: jaxlsq.lstsq(a, b).x, (a, b), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+@pytest.mark.parametrize("kind", ["tall", "wide"])
+def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, request, kind, form):
+    """From LARGE_COTANGENT bytes of a, the rule's lax.cond picks the vanishing term's vector
+    instead of the term: the same first and second derivatives, for batches with full-rank and
+    with deficient members (where the cond takes either branch)."""
+    rng = np.random.default_rng(33)
+    m, n = SHAPES[kind]
+    b = randn(rng, (4, m, 2))
+    solve = jax.vmap(jaxlsq.lstsq) if form == "vmap" else jaxlsq.lstsq
+
+    def loss(a, b):
+        r = solve(a, b)
+        return jnp.sum(r.x**2) + jnp.sum(r.residuals)
+
+    request.addfinalizer(jax.clear_caches)  # no program traced with the other threshold stays
+    for which in ("full", "mixed"):
+        a = members(rng, m, n, which)
+        outs = {}
+        for threshold, name in ((0, "large"), (1 << 40, "small")):
+            monkeypatch.setattr(_svd_solve, "LARGE_COTANGENT", threshold)
+            jax.clear_caches()  # lstsq's programs were traced with the other threshold
+            first = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
+            second = jax.jit(jax.hessian(lambda a: loss(a, b)))(a)
+            outs[name] = first, second
+        for got, want in zip(jax.tree.leaves(outs["large"]), jax.tree.leaves(outs["small"])):
+            assert_close(got, want, 1e-10, err_msg=which)

@@ -216,10 +216,11 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
 
     full (a tall or wide a only): whether it has full rank, where one term vanishes, the null-space
     term of a tall a (I - A^+ A = 0) or the residual term of a wide one (r = 0); a lax.cond then
-    skips it. Where a (with its batch) is large (LARGE_COTANGENT), the lax.cond picks only the
-    term's M x K vector (A^{+H} x or r; zero at full rank) and the term is applied outside it:
+    skips it. Where a (with its batch) is large and K small (_large_form), the lax.cond picks only
+    the term's M x K vector (A^{+H} x or r; zero at full rank) and the term is applied outside it:
     transposed by reverse mode, a lax.cond around the whole term holds its M x N cotangent in a
-    (and the other branch's zeros in one more) instead of adding it to the others' in place.
+    buffer (and the other branch's zeros in one more) instead of adding it to the others' in
+    place; the term's two O(M N K) products are then paid at full rank too.
     """
 
     def dah_times(y):  # dA^H y, as (y^H dA)^H: reverse mode then forms its term in a's layout
@@ -238,7 +239,7 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
     if full is None:
         return dx + residual_term() + null_term()
     tall = orientation(a) == "tall"
-    if a.size * a.dtype.itemsize < LARGE_COTANGENT:
+    if not _large_form(a, x):
         vanishing, other = (null_term, residual_term) if tall else (residual_term, null_term)
         return dx + other() + lax.cond(full, lambda: jnp.zeros_like(dx), vanishing)
     vector, apply, other = (
@@ -250,11 +251,22 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
 
 
 # Bytes of a (batch included) from which _pinv_tangent's lax.cond holds the vanishing term's
-# M x K vector rather than the term. On 2 CPU cores (interleaved, one process): value_and_grad of
-# 10,000 64x8 float64 problems 0.67x the time (61.4 MiB of temporaries down to 29.2, under malloc's
-# 32 MiB ceiling), 1,000 256x32 0.79x (float32) and 0.86x, single solves of 1.6-8 MB 0.90-0.98x;
-# but 200x50 float32 (40 KB) 1.24x and 50x200 1.13x (0.03 ms more), hence the threshold.
+# M x K vector rather than the term, where also 8 K <= min(M, N). On 2 CPU cores (interleaved, one
+# process, against cc6d208), value_and_grad with K = 1 took 0.65-0.68x the time on 10,000 64x8 and
+# 1,000 256x32 float32 problems, 0.80-0.90x in float64 (10,000 64x8 float64: 61.4 MiB of
+# temporaries down to 29.2, under malloc's 32 MiB ceiling), and 0.92-0.99x on single solves of
+# 1.6-8 MB. Below the size the buffers cost little (200x50 float32 read 1.13-1.24x, within what
+# two identical programs differed by at that size); with more right-hand sides the term's products
+# do: K = 64 on 2000x200 1.06-1.08x, K = 4 on 64x8 1.14-1.18x; 2000x200 with K = 2-16 and 256x32
+# with K = 4 0.93-1.06x.
 LARGE_COTANGENT = 1 << 20
+
+
+def _large_form(a: jax.Array, x: jax.Array) -> bool:
+    """Whether _pinv_tangent holds only the vanishing term's vector in its lax.cond (see
+    LARGE_COTANGENT): a large a (its shape as traced: a vmapped batch does not count) and few
+    right-hand sides."""
+    return a.size * a.dtype.itemsize >= LARGE_COTANGENT and 8 * x.shape[-1] <= min(a.shape[-2:])
 
 
 @jax.custom_jvp

@@ -478,9 +478,9 @@ def test_check_grads_second_order(kind, complex_):
 @pytest.mark.parametrize("form", ["leading", "vmap"])
 @pytest.mark.parametrize("kind", ["tall", "wide"])
 def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, request, kind, form):
-    """From LARGE_COTANGENT bytes of a, the rule's lax.cond picks the vanishing term's vector
-    instead of the term: the same first and second derivatives, for batches with full-rank and
-    with deficient members (where the cond takes either branch)."""
+    """For a large a (_svd_solve._large_form), the rule's lax.cond picks the vanishing term's
+    vector instead of the term: the same first and second derivatives, for batches with full-rank
+    and with deficient members (where the cond takes either branch)."""
     rng = np.random.default_rng(33)
     m, n = SHAPES[kind]
     b = randn(rng, (4, m, 2))
@@ -490,13 +490,13 @@ def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, requ
         r = solve(a, b)
         return jnp.sum(r.x**2) + jnp.sum(r.residuals)
 
-    request.addfinalizer(jax.clear_caches)  # no program traced with the other threshold stays
+    request.addfinalizer(jax.clear_caches)  # no program traced with a forced form stays
     for which in ("full", "mixed"):
         a = members(rng, m, n, which)
         outs = {}
-        for threshold, name in ((0, "large"), (1 << 40, "small")):
-            monkeypatch.setattr(_svd_solve, "LARGE_COTANGENT", threshold)
-            jax.clear_caches()  # lstsq's programs were traced with the other threshold
+        for large, name in ((True, "large"), (False, "small")):
+            monkeypatch.setattr(_svd_solve, "_large_form", lambda a, x, large=large: large)
+            jax.clear_caches()  # lstsq's programs were traced with the other form
             first = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
             second = jax.jit(jax.hessian(lambda a: loss(a, b)))(a)
             outs[name] = first, second

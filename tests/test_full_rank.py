@@ -479,8 +479,9 @@ def test_check_grads_second_order(kind, complex_):
 @pytest.mark.parametrize("kind", ["tall", "wide"])
 def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, request, kind, form):
     """For a large a (_svd_solve._large_form), the rule's lax.cond picks the vanishing term's
-    vector instead of the term: the same first and second derivatives, for batches with full-rank
-    and with deficient members (where the cond takes either branch)."""
+    vector instead of the term: each member's gradient is jnp.linalg.pinv's rule's, and first and
+    second derivatives are the small form's, for batches with full-rank and with deficient
+    members (where the cond takes either branch)."""
     rng = np.random.default_rng(33)
     m, n = SHAPES[kind]
     b = randn(rng, (4, m, 2))
@@ -502,3 +503,7 @@ def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, requ
             outs[name] = first, second
         for got, want in zip(jax.tree.leaves(outs["large"]), jax.tree.leaves(outs["small"])):
             assert_close(got, want, 1e-10, err_msg=which)
+        for i in range(4):
+            want = jax.grad(scalar(through_the_pinv_rule, 0.0), argnums=(0, 1))(a[i], b[i])
+            for g, w in zip(outs["large"][0], want):
+                assert_close(g[i], w, 1e-9, err_msg=f"{which} member {i}")

@@ -110,7 +110,11 @@ def _everyone_vmap_rule(axis_size, in_batched, flags):
 
 
 def pinv_solve(
-    a: jax.Array, b: jax.Array, rcond: jax.Array, a_ok: jax.Array | None = None
+    a: jax.Array,
+    b: jax.Array,
+    rcond: jax.Array,
+    a_ok: jax.Array | None = None,
+    copies: int = 1,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """x = A^+ b, a's singular values and its rank (int32), for a (..., M, N) and b
     (..., M, K); b's batch dimensions broadcast against a's.
@@ -120,7 +124,7 @@ def pinv_solve(
 
     a_ok (a's batch shape, default all True): which matrices of a are finite. The factorizations
     see the others as zeros, masked where they read a (see _tall_factor); the derivative takes a
-    itself, whose non-finite entries then make it NaN.
+    itself, whose non-finite entries then make it NaN. copies: see paired_solve.
     """
     kind = orientation(a)
     a_ok = jnp.ones(a.shape[:-2], bool) if a_ok is None else a_ok
@@ -192,7 +196,8 @@ def pinv_solve(
     # The scaled problem (a_scale A) x' = b_scale b has x = x' a_scale / b_scale and values
     # s' = a_scale s (exact: powers of two). Its derivative is taken scaled too: the transposed
     # rule applies W W^H to a cotangent before A, and W W^H = (A^H A)^+ of a tiny A overflows.
-    x = scaled_back(paired_solve(a * a_scale, b * b_scale, x, v, w, full), a_scale, b_scale)
+    x = paired_solve(a * a_scale, b * b_scale, x, v, w, full, copies)
+    x = scaled_back(x, a_scale, b_scale)
     return x, after(s / a_scale[..., 0], x, x_core=1), rank
 
 

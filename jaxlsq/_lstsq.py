@@ -14,7 +14,14 @@ from ._factor import matmul
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, qr_solve, weighted_qr_solve
 from ._scaling import regularized, scaled_back, scales
-from ._svd_solve import rank_of, ridge_solve, singular_values, singular_values_of, weighted_solve
+from ._svd_solve import (
+    rank_of,
+    ridge_solve,
+    singular_values,
+    singular_values_of,
+    vmapped_copies,
+    weighted_solve,
+)
 
 
 class LstsqResult(NamedTuple):
@@ -217,7 +224,8 @@ def lstsq(
         x, residuals, rank, s = _empty(plan, rcond_eff, lam, w)
     else:
         b_work = _validate.some_column(plan.b)
-        x, residuals, rank, s = _lstsq_core(plan.a, b_work, rcond_eff, lam, w, method)
+        copies = vmapped_copies(plan.a)  # here: under vmap the core is traced one problem at a time
+        x, residuals, rank, s = _lstsq_core(plan.a, b_work, rcond_eff, lam, w, method, copies)
         x, residuals = x[..., :k], residuals[..., :k]
     x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)
     residuals = jnp.broadcast_to(residuals, (*batch_shape, k))
@@ -280,7 +288,7 @@ def _squared_norms(r: jax.Array, w: jax.Array | None = None) -> jax.Array:
     return jnp.sum(squares if w is None else w[..., None] * squares, axis=-2)
 
 
-@partial(jax.jit, inline=True, static_argnames="method")
+@partial(jax.jit, inline=True, static_argnames=("method", "copies"))
 def _lstsq_core(
     a: jax.Array,
     b: jax.Array,
@@ -288,8 +296,10 @@ def _lstsq_core(
     lam: jax.Array | None,
     w: jax.Array | None,
     method: str,
+    copies: int = 1,
 ) -> tuple[jax.Array, ...]:
     """Solve on a's own batch shape; b's batch dimensions broadcast through the products.
+    copies: how many copies of a the vmaps around lstsq hold (see _svd_solve.paired_solve).
 
     Non-finite entries are replaced by zeros before the factorizations (LAPACK may misbehave on
     them) and the affected outputs are multiplied by NaN afterwards; both steps make the
@@ -341,7 +351,7 @@ def _lstsq_core(
             s = singular_values(root * a, x)
             rank = rank_of(s, rcond)
         elif lam is None:  # its rank needs no singular values where the bound settles it
-            x, s, rank = pinv_solve(a_given, b, rcond, finite_a)
+            x, s, rank = pinv_solve(a_given, b, rcond, finite_a, copies)
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)

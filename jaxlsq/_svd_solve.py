@@ -53,12 +53,15 @@ relative, the order of the derivative's own sensitivity to rounding in A.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_batching import custom_vmap
 
 from ._factor import Factor, adjoint, factorize, matmul, orientation, reduction, transposed
 from ._order import after
@@ -211,7 +214,9 @@ def _gram_ops(a: jax.Array, v: jax.Array, w: jax.Array, y: jax.Array, x: jax.Arr
 # --- the solve ------------------------------------------------------------------------------
 
 
-def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> jax.Array:
+def _pinv_tangent(
+    ops: _Ops, a, da, b, db, x, full: jax.Array | None = None, copies: int = 1
+) -> jax.Array:
     """dx of x = A^+ b (the module docstring's rule) through the maps ops.
 
     full (a tall or wide a only): whether it has full rank, where one term vanishes, the null-space
@@ -220,7 +225,8 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
     the term's M x K vector (A^{+H} x or r; zero at full rank) and the term is applied outside it:
     transposed by reverse mode, a lax.cond around the whole term holds its M x N cotangent in a
     buffer (and the other branch's zeros in one more) instead of adding it to the others' in
-    place; the term's two O(M N K) products are then paid at full rank too.
+    place; the term's two O(M N K) products are then paid at full rank too. copies: how many
+    copies of a vmaps hold (vmapped_copies), which the traced shapes do not show.
     """
 
     def dah_times(y):  # dA^H y, as (y^H dA)^H: reverse mode then forms its term in a's layout
@@ -239,7 +245,7 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
     if full is None:
         return dx + residual_term() + null_term()
     tall = orientation(a) == "tall"
-    if not _large_form(a, x):
+    if not _large_form(a, x, copies):
         vanishing, other = (null_term, residual_term) if tall else (residual_term, null_term)
         return dx + other() + lax.cond(full, lambda: jnp.zeros_like(dx), vanishing)
     vector, apply, other = (
@@ -262,29 +268,61 @@ def _pinv_tangent(ops: _Ops, a, da, b, db, x, full: jax.Array | None = None) -> 
 LARGE_COTANGENT = 1 << 20
 
 
-def _large_form(a: jax.Array, x: jax.Array) -> bool:
+def _large_form(a: jax.Array, x: jax.Array, copies: int = 1) -> bool:
     """Whether _pinv_tangent holds only the vanishing term's vector in its lax.cond (see
-    LARGE_COTANGENT): a large a (its shape as traced: a vmapped batch does not count) and few
-    right-hand sides."""
-    return a.size * a.dtype.itemsize >= LARGE_COTANGENT and 8 * x.shape[-1] <= min(a.shape[-2:])
+    LARGE_COTANGENT): a large a (with its batch and the copies vmaps hold) and few right-hand
+    sides."""
+    size = a.size * copies * a.dtype.itemsize
+    return size >= LARGE_COTANGENT and 8 * x.shape[-1] <= min(a.shape[-2:])
 
 
-@jax.custom_jvp
-def paired_solve(a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, w: jax.Array, full):
+def vmapped_copies(x) -> int:
+    """How many copies of x the vmaps being traced hold: the product of the sizes of the mapped
+    axes along which x is batched (1 outside vmap). Read while tracing, by a custom_vmap whose rule
+    records its level's size and calls itself for the levels outside; only where x is traced
+    under the vmaps themselves: a function that JAX traces to a jaxpr first (a jit, such as
+    _lstsq's core, or a custom_jvp rule) is batched afterwards, and inside it this reads 1."""
+    if not isinstance(x, jax.core.Tracer):
+        return 1
+    sizes = []
+
+    @custom_vmap
+    def probe(y):
+        return y
+
+    @probe.def_vmap
+    def _record(axis_size, in_batched, y):
+        sizes.append(axis_size)
+        return probe(y), in_batched[0]
+
+    probe(lax.stop_gradient(x))
+    return math.prod(sizes)
+
+
+def paired_solve(
+    a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, w: jax.Array, full, copies: int = 1
+):
     """x = A^+ b, computed already, for a tall a (M >= N) with its pair (v, w), or a wide a with
     the pair of a^H, and whether a has full rank; the derivative is the solve's, through gram_pair
-    (x, v and w carry none)."""
+    (x, v and w carry none). copies: how many copies of a the vmaps around the caller hold
+    (vmapped_copies, counted where the caller is traced under them), for _large_form: the rule
+    itself is traced one problem at a time."""
+    return _paired_solve(a, b, x, v, w, full, copies)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(6,))
+def _paired_solve(a, b, x, v, w, full, copies: int):
     return x
 
 
-@paired_solve.defjvp
-def _paired_solve_jvp(primals, tangents):
+@_paired_solve.defjvp
+def _paired_solve_jvp(copies, primals, tangents):
     a, b, x, v, w, full = primals
     da, db = tangents[:2]
-    x = paired_solve(a, b, x, v, w, full)  # recursive: outer transformations see this rule again
+    x = _paired_solve(a, b, x, v, w, full, copies)  # recursive: outer transformations see the rule
     c = a if orientation(a) == "tall" else adjoint(a)
     ops = _gram_ops(a, *gram_pair(c, v, w), b, x)
-    return x, _pinv_tangent(ops, a, da, b, db, x, full)
+    return x, _pinv_tangent(ops, a, da, b, db, x, full, copies)
 
 
 # --- ridge (Tikhonov) -----------------------------------------------------------------------

@@ -496,7 +496,7 @@ def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, requ
         a = members(rng, m, n, which)
         outs = {}
         for large, name in ((True, "large"), (False, "small")):
-            monkeypatch.setattr(_svd_solve, "_large_form", lambda a, x, large=large: large)
+            monkeypatch.setattr(_svd_solve, "_large_form", lambda a, x, copies, large=large: large)
             jax.clear_caches()  # lstsq's programs were traced with the other form
             first = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
             second = jax.jit(jax.hessian(lambda a: loss(a, b)))(a)
@@ -507,3 +507,48 @@ def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, requ
             want = jax.grad(scalar(through_the_pinv_rule, 0.0), argnums=(0, 1))(a[i], b[i])
             for g, w in zip(outs["large"][0], want):
                 assert_close(g[i], w, 1e-9, err_msg=f"{which} member {i}")
+
+
+def test_vmapped_copies_counts_the_mapped_axes_a_value_is_batched_along():
+    """_svd_solve.vmapped_copies: the product of the vmapped axes' sizes along which its argument
+    is batched, 1 outside vmap, along an axis it is not batched on, and eagerly."""
+    seen = []
+
+    def record(x):
+        seen.append(_svd_solve.vmapped_copies(x))
+        return x
+
+    x = jnp.ones((3, 5, 2))
+    jax.vmap(jax.vmap(record))(x)
+    jax.vmap(record, in_axes=1)(x)
+    jax.vmap(lambda y: jax.vmap(lambda z: record(x[0, 0]) + z)(y))(x)  # x[0, 0] is unbatched
+    jax.jit(record)(x)
+    record(x)
+    jax.grad(lambda x: jnp.sum(jax.vmap(record)(x)))(x)
+    assert seen == [15, 5, 1, 1, 1, 3]
+
+
+@pytest.mark.parametrize("kind", ["tall", "wide"])
+def test_a_vmapped_batch_takes_the_large_form_as_a_leading_one_does(monkeypatch, request, kind):
+    """Under vmap the rule is traced one problem at a time; lstsq counts the mapped copies of a
+    (vmapped_copies) so that a large vmapped batch takes the rule's large form as the same batch
+    with a leading dimension does: the same gradients, and temporaries within 1.1x of the leading
+    batch's (10,000 64x8 float32 problems: 30.7 MiB with the small form, 14.6 with the large)."""
+    monkeypatch.setattr(_full_rank, "_chunks_apply", lambda: True)  # the tests simulate 8 devices
+    jax.clear_caches()
+    request.addfinalizer(jax.clear_caches)
+    m, n = (64, 8) if kind == "tall" else (8, 64)
+    rng = np.random.default_rng(34)
+    a = jnp.asarray(rng.standard_normal((10_000, m, n)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((10_000, m, 1)), jnp.float32)
+    outs, temporaries = {}, {}
+    for name, solve in (("leading", jaxlsq.lstsq), ("vmap", jax.vmap(jaxlsq.lstsq))):
+        loss = lambda a, b, solve=solve: jnp.sum(solve(a, b).x ** 2)  # noqa: E731
+        program = compiled(jax.value_and_grad(loss, argnums=(0, 1)), a, b)
+        temporaries[name] = program.memory_analysis().temp_size_in_bytes
+        outs[name] = program(a, b)
+    assert temporaries["vmap"] <= 1.1 * temporaries["leading"], temporaries
+    (value, grads), (want_value, want_grads) = outs["vmap"], outs["leading"]
+    assert_close(value, want_value, 1e-6)
+    for got, want in zip(grads, want_grads):  # float32: equal to its rounding
+        assert_same_to_rounding(got, want, rtol=1e-6)

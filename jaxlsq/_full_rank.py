@@ -49,12 +49,16 @@ On a single CPU device, a large tall batch takes its joint QR of [a, b] a chunk 
 time (see CHUNK_BYTES), with a's masking (non-finite matrices read as zeros) and scaling done where
 each chunk is read: the program then holds no whole-batch copy of [a, b]. The chunks give the same
 factors, bit for bit on jaxlib 0.10.2 (to rounding on 0.6.0). (K > N and the wide route still form
-a masked, scaled copy of a.)
+a masked, scaled copy of a.) The mixed branch (a leading batch) and the singular values (a
+leading or vmapped batch: _batchwise) go by chunks of problems too, tall and wide: their
+whole-batch LAPACK buffers would otherwise set the program's size even where no problem needs
+them.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -154,10 +158,7 @@ def pinv_solve(
         return t, eye_like(r), r_inv, values, full_rank, jnp.ones((), bool)
 
     def svd_branch(r, c):  # R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), and the SVD pair
-        u, s, vh = svd(r)
-        f = Factor(Basis(u), s, Basis(adjoint(vh)))
-        t = _apply_pinv(f if kind == "tall" else transposed(f), rcond, c)
-        return t, *gram_values(f, rcond, r.dtype), s, rank_of(s, rcond), jnp.zeros((), bool)
+        return *_svd_solution(kind, r, c, rcond), jnp.zeros((), bool)
 
     def certified(c):  # full rank is certain: the values only for the output (dropped if unused)
         t, v, w, _, rank, full = shortcut(c, None)
@@ -172,17 +173,19 @@ def pinv_solve(
         return lax.cond(everyone, shortcut, lambda c, _: svd_branch(r, c), c, values)
 
     def mixed(c):  # the shortcut where the bound settles full rank, the SVD for the others
-        short = shortcut(c, None)
-        # The SVD sees the settled problems' R as identities (already diagonal: LAPACK's gesdd
-        # then costs a fifth of a general R), and the values (for the output) the others' as
-        # identities; a select then takes each problem's own branch.
-        settled = flags[..., None, None]
-        eye = eye_like(r)
-        *by_svd, s_svd, rank, _ = svd_branch(jnp.where(settled, eye, after(r, short[0])), c)
-        values = _values(after(jnp.where(settled, r, eye), s_svd, y_core=1))
-        t, v, w = (jnp.where(settled, x, y) for x, y in zip(short[:3], by_svd))
-        s = jnp.where(flags[..., None], values, s_svd)
-        return t, v, w, s, jnp.where(flags, full_rank, rank), jnp.zeros((), bool)
+        t = shortcut(c, None)[0]
+        lead = r.shape[:-2]
+        if jnp.broadcast_shapes(lead, t.shape[:-2], jnp.shape(rcond)) != lead:  # b batched beyond a
+            return *_mixed_solution(kind, r, r_inv, t, c, flags, rcond), jnp.zeros((), bool)
+        # c (b's batch) and rcond broadcast to a's batch, which the chunks split
+        c, t = (jnp.broadcast_to(y, (*lead, *y.shape[-2:])) for y in (c, t))
+        # (a leading batch only: under vmap, through a custom_vmap, the branch failed to
+        # linearize for jax.grad of a vmap over b's columns)
+        n = r.shape[-1]
+        per_problem = MIXED_BUFFERS * n * n * r.dtype.itemsize
+        solve = partial(_mixed_solution, kind)
+        args = (r, r_inv, t, c, flags, jnp.broadcast_to(rcond, lead))
+        return *_in_chunks(solve, per_problem, n, *args), jnp.zeros((), bool)
 
     # One decision for the whole batch: the shortcut alone where every problem has full rank
     # (a branch per problem would become a select that computes both), otherwise mixed, which
@@ -199,6 +202,70 @@ def pinv_solve(
     x = paired_solve(a * a_scale, b * b_scale, x, v, w, full, copies)
     x = scaled_back(x, a_scale, b_scale)
     return x, after(s / a_scale[..., 0], x, x_core=1), rank
+
+
+def _mixed_solution(kind: str, r, r_inv, t, c, flags, rcond):
+    """pinv_solve's mixed branch for problems of equal batch shape (rcond one per problem): each
+    problem's (t, v, w, s, rank), the shortcut's (t and the pair (I, R^{-1}), given) where its
+    flag settles full rank, the SVD's for the others. The SVD sees the settled problems' R as
+    identities (already diagonal: LAPACK's gesdd then costs a fifth of a general R), and the
+    values (for the output) the others' as identities; a select then takes each problem's own."""
+    settled = flags[..., None, None]
+    eye = eye_like(r)
+    *by_svd, s_svd, rank = _svd_solution(kind, jnp.where(settled, eye, after(r, t)), c, rcond)
+    values = _values(after(jnp.where(settled, r, eye), s_svd, y_core=1))
+    t, v, w = (jnp.where(settled, x, y) for x, y in zip((t, eye, r_inv), by_svd))
+    s = jnp.where(flags[..., None], values, s_svd)
+    return t, v, w, s, jnp.where(flags, jnp.int32(r.shape[-1]), rank)
+
+
+def _svd_solution(kind: str, r, c, rcond):
+    """From R = U S V^H: R^+ c (tall) or (R^H)^+ c (wide), the SVD pair, the values and the rank."""
+    u, s, vh = svd(r)
+    f = Factor(Basis(u), s, Basis(adjoint(vh)))
+    t = _apply_pinv(f if kind == "tall" else transposed(f), rcond, c)
+    return t, *gram_values(f, rcond, r.dtype), s, rank_of(s, rcond)
+
+
+def _batchwise(solve, buffers: int):
+    """solve, a map from arrays of one batch shape (the first (..., n, n)) to a tuple of such
+    arrays, taken over any batch, the problems of vmaps around it included, a chunk of problems
+    at a time where the batch is large (_in_chunks, with buffers arrays of the first's size per
+    problem): so that the buffers of a batched LAPACK call do not set the size of the whole
+    program's, on the batch's leading dimensions and under vmap alike. (The values only: the mixed
+    branch through it failed to linearize for jax.grad of a vmap over b's columns.)"""
+
+    @custom_vmap
+    def run(*args):
+        n = args[0].shape[-1]
+        return _in_chunks(solve, buffers * n * n * args[0].dtype.itemsize, n, *args)
+
+    @run.def_vmap
+    def _vmap_rule(axis_size, in_batched, *args):
+        if not in_batched[0]:  # one matrix for every mapped argument (vmap over b's columns)
+            axes = tuple(0 if on else None for on in in_batched)
+            out = jax.vmap(solve, in_axes=axes)(*args)  # its factorization stays one
+        else:  # the mapped problems join the batch
+            args = [
+                x if on else jnp.broadcast_to(x, (axis_size, *x.shape))
+                for x, on in zip(args, in_batched)
+            ]
+            out = run(*args)
+        return out, (True,) * len(out)
+
+    return run
+
+
+# pinv_solve's mixed branch holds about 8 arrays of R's size per problem (the SVD's input, U and
+# V^H, the selects), the singular values alone 3 (the SVD's input, and U and V^H, which LAPACK
+# does not write but jaxlib allocates), even where no problem takes the branch. Whole, 1,000
+# 256x32 float64 problems kept 40.1 MiB of temporaries for x (a block glibc maps afresh on every
+# call: 6,642 page faults), 42.0 for every output, 56.2 for value_and_grad; in chunks 25.9, 27.6
+# and 35.5. On 2 CPU cores (interleaved against 2c6fe8a, one process) x took 0.86x the time there,
+# every output of 10,000 64x8 float64 problems 0.89x (27.2 MiB where 32.3), value_and_grad with 1%
+# rank-deficient problems 0.82-0.94x, the other batch programs 0.93-1.01x; the same answers.
+MIXED_BUFFERS = 8
+_VALUES = _batchwise(lambda r: (jnp.linalg.svd(r, compute_uv=False),), 3)  # no vectors
 
 
 def full_rank_parts(
@@ -274,13 +341,22 @@ def _tall_factor(
         return _factor_then_reflect(_prepared(a, a_ok, a_scale), b * b_scale)
     b = jnp.broadcast_to(b, (*lead, *b.shape[-2:]))
     b_scale = jnp.broadcast_to(b_scale, (*lead, 1, 1))
+    per_problem = a.shape[-2] * (n + k) * a.dtype.itemsize
+    return _in_chunks(_joint_factor, per_problem, n, a, b, a_ok, a_scale, b_scale)
+
+
+def _in_chunks(solve, per_problem: int, order: int, *args: jax.Array) -> tuple[jax.Array, ...]:
+    """solve(*args) for args of one batch shape (the first's, which has two core dimensions), a
+    chunk of problems at a time (_chunk, per_problem bytes each) where the batch is large; solve
+    returns a tuple of arrays with that batch shape."""
+    lead = args[0].shape[:-2]
     count = math.prod(lead)
-    size = _chunk(count, a.shape[-2] * (n + k) * a.dtype.itemsize, n)
+    size = _chunk(count, per_problem, order)
     if size == count:
-        return _joint_factor(a, b, a_ok, a_scale, b_scale)
-    flat = [x.reshape(count, *x.shape[len(lead) :]) for x in (a, b, a_ok, a_scale, b_scale)]
-    # lax.map loops over the chunks, vmapping one problem's factorization over a chunk's problems
-    outs = lax.map(lambda args: _joint_factor(*args), tuple(flat), batch_size=size)
+        return solve(*args)
+    flat = [x.reshape(count, *x.shape[len(lead) :]) for x in args]
+    # lax.map loops over the chunks, vmapping one problem's solve over a chunk's problems
+    outs = lax.map(lambda chunk: solve(*chunk), tuple(flat), batch_size=size)
     return tuple(x.reshape(*lead, *x.shape[1:]) for x in outs)
 
 
@@ -346,7 +422,7 @@ def _tall_factor_vmap_rule(axis_size, in_batched, a, b, a_ok, a_scale, b_scale):
 
 
 def _values(r: jax.Array) -> jax.Array:
-    return jnp.linalg.svd(r, compute_uv=False)  # no vectors
+    return _VALUES(r)[0]
 
 
 def _certainly_full(r: jax.Array, r_inv: jax.Array, rcond: jax.Array) -> jax.Array:

@@ -241,16 +241,12 @@ def _batchwise(solve, buffers: int):
         return _in_chunks(solve, buffers * n * n * args[0].dtype.itemsize, n, *args)
 
     @run.def_vmap
-    def _vmap_rule(axis_size, in_batched, *args):
-        if not in_batched[0]:  # one matrix for every mapped argument (vmap over b's columns)
-            axes = tuple(0 if on else None for on in in_batched)
-            out = jax.vmap(solve, in_axes=axes)(*args)  # its factorization stays one
-        else:  # the mapped problems join the batch
-            args = [
-                x if on else jnp.broadcast_to(x, (axis_size, *x.shape))
-                for x, on in zip(args, in_batched)
-            ]
-            out = run(*args)
+    def _vmap_rule(axis_size, in_batched, *args):  # the mapped problems join the batch
+        args = [
+            x if on else jnp.broadcast_to(x, (axis_size, *x.shape))
+            for x, on in zip(args, in_batched)
+        ]
+        out = run(*args)
         return out, (True,) * len(out)
 
     return run

@@ -11,6 +11,7 @@ differences, all in float64; a batch factored in chunks gives NumPy's answers an
 batch's, to rounding (bit for bit on jaxlib 0.10.2).
 """
 
+import math
 from functools import partial
 
 import jax
@@ -334,6 +335,78 @@ def test_a_batch_factored_in_chunks(monkeypatch, request, form, which):
             assert np.isnan(member.singular_values).all()
         else:
             assert_like_numpy(member, a[i], b[i], None)
+
+
+def batch_with_unsettled(rng, m, n, unsettled):
+    """24 problems, the given number of them unsettled (their bound does not settle full rank):
+    a zero, a non-finite and rank-deficient matrices, spread over the batch; the others full rank
+    (some scaled by 1e3)."""
+    a = np.stack([randn(rng, (m, n)) * (1e3 if i % 5 == 0 else 1.0) for i in range(24)])
+    spots = np.linspace(0, 23, unsettled).astype(int)
+    for j, i in enumerate(spots):
+        a[i] = with_singular_values(rng, m, n, SPREAD[:5] + [0.0]) if j > 1 else 0.0
+    a[spots[1], 1, 2] = np.nan
+    return a, spots[1]
+
+
+@pytest.mark.parametrize("form", ["leading", "vmap", "columns"])
+@pytest.mark.parametrize("kind", ["tall", "wide"])
+def test_few_unsettled_members_alone_take_the_svd(monkeypatch, request, kind, form):
+    """Where at most one problem in FEW_UNSETTLED[i] of a batch is unsettled, the mixed branch's
+    SVD takes only those, gathered into the smallest room that holds them (picked at run time),
+    else the whole batch; also over vmap, and with each problem's right-hand sides vmapped over
+    one matrix (columns: they join its columns). For every count: the branch that ran, NumPy's
+    answer for every member (NaN for the non-finite one), and the whole batch's answers and
+    gradients to rounding (bit for bit on jaxlib 0.10.2)."""
+    rng = np.random.default_rng(12)
+    m, n = SHAPES[kind]
+    b = randn(rng, (24, m, 2))
+    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))  # rooms of 3 and 12 problems
+    monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)  # the tests simulate 8 devices
+    request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
+    ran = []  # the batch size of each mixed solution that ran
+    original = _full_rank._mixed_solution
+
+    def recorded(kind, r, *args):
+        size = math.prod(r.shape[:-2])
+        jax.debug.callback(lambda: ran.append(size))
+        return original(kind, r, *args)
+
+    monkeypatch.setattr(_full_rank, "_mixed_solution", recorded)
+    if form == "columns":  # x (24, 2, n) and the other outputs repeated per column: as lstsq's
+        columns = jax.vmap(jax.vmap(jaxlsq.lstsq, in_axes=(None, 1)))
+
+        def solve(a, b):
+            r = columns(a, b)
+            return jaxlsq.LstsqResult(
+                jnp.swapaxes(r.x, 1, 2), r.residuals[..., 0], r.rank[:, 0], r.singular_values[:, 0]
+            )
+    else:
+        solve = jax.vmap(jaxlsq.lstsq) if form == "vmap" else jaxlsq.lstsq
+
+    def loss(a, b):
+        r = solve(a, b)
+        return jnp.sum(r.x**2) + jnp.sum(r.residuals)
+
+    for unsettled, room in ((2, 3), (5, 12), (14, 24)):
+        a, bad = batch_with_unsettled(rng, m, n, unsettled)
+        outs = {}
+        for least, name in ((8, "rooms"), (1 << 30, "whole")):
+            monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_BATCH", least)
+            jax.clear_caches()  # lstsq's programs were traced with the other constants
+            ran.clear()
+            outs[name] = jax.block_until_ready(jax.jit(solve)(a, b))
+            assert ran == [room if name == "rooms" else 24], (unsettled, name, ran)
+            outs[name] = outs[name], jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
+        for got, want in zip(jax.tree.leaves(outs["rooms"]), jax.tree.leaves(outs["whole"])):
+            assert_same_to_rounding(got, want, err_msg=f"{unsettled} unsettled")
+        result = outs["rooms"][0]
+        for i in range(24):
+            member = jaxlsq.LstsqResult(*(out[i] for out in result))
+            if i == bad:
+                assert np.isnan(member.x).all() and int(member.rank) == 0
+            else:
+                assert_like_numpy(member, a[i], b[i], None)
 
 
 @pytest.mark.parametrize("mapped", [3, 4])

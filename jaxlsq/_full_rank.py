@@ -289,14 +289,16 @@ def _gathered(whole, room: int, flat):
     dimension) are unsettled: whole (the mixed solution) on those problems alone, gathered into a
     batch of room (the room left over repeats the last problem, marked settled: an identity for
     the SVD), scattered into the shortcut's answers for the others (their values by _values, which
-    XLA drops where the caller does not use them)."""
+    XLA drops where the caller does not use them; after the room's, one batched LAPACK call at a
+    time: _order)."""
     r, r_inv, t, _, flags, _ = flat
     count = flags.shape[0]
     (picked,) = jnp.nonzero(~flags, size=room, fill_value=count)
     *few, few_flags, few_rcond = (jnp.take(x, picked, axis=0, mode="clip") for x in flat)
     out = whole((*few, few_flags | (picked == count), few_rcond))
     rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
-    settled = (t, eye_like(r), r_inv, _values(r), rank)
+    values = _values(after(r, out[3], y_core=2))  # y_core=2: one token for the whole room
+    settled = (t, eye_like(r), r_inv, values, rank)
     return tuple(x.at[picked].set(y, mode="drop") for x, y in zip(settled, out))
 
 

@@ -9,6 +9,7 @@ simulated devices, which change how the pool runs).
 """
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -116,6 +117,33 @@ def test_a_batch_factored_in_chunks_keeps_one_chain(monkeypatch, request, progra
     if form == "vmap":
         f = jax.vmap(f)
     assert " while(" in compiled(f, a, b, w).as_text()
+    assert unordered_lapack_calls(f, a, b, w) == []
+
+
+@pytest.mark.parametrize("form", ["leading", "vmap"])
+@pytest.mark.parametrize("shape", [(12, 3), (3, 12)], ids=["tall", "wide"])
+@pytest.mark.parametrize("program", ["solve", "gradients", "hessian"])
+def test_a_batch_gathering_few_unsettled_problems_keeps_one_chain(
+    monkeypatch, request, program, shape, form
+):
+    """The mixed branch that takes the SVD of a few unsettled problems alone (a lax.switch over
+    rooms of 3 and 12 of the 24 problems and the whole batch; _full_rank._mixed_batch): its SVD
+    and the whole batch's singular values stay in one chain, to second order."""
+    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
+    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_BATCH", 2)
+    monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)  # the tests simulate 8 devices
+    jax.clear_caches()  # lstsq's programs traced with the usual constants
+    request.addfinalizer(jax.clear_caches)  # and none traced with these stays
+    m, n = shape
+    a, b, w = jnp.ones((24, m, n)), jnp.ones((24, m, 2)), jnp.ones((24, m))
+    if program == "hessian":
+        f = jax.hessian(SECOND_ORDER["every_output"], argnums=(0, 1, 2))
+    else:
+        f = PROGRAMS[program]
+    if form == "vmap":
+        f = jax.vmap(f)
+    branches = re.findall(r"branch_computations=\{([^}]*)\}", compiled(f, a, b, w).as_text())
+    assert any(len(names.split(",")) == 3 for names in branches)  # the rooms' switch is there
     assert unordered_lapack_calls(f, a, b, w) == []
 
 

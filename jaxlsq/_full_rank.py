@@ -33,19 +33,19 @@ wide one); a lax.cond skips its O(M N K) products there.
 
 Batches (leading dimensions or vmap) take one decision for all their problems: a branch picked
 per problem would become a select that computes both. The batch takes the shortcut alone where
-the bound settles full rank for every problem (_everyone reduces the flags, over vmapped
-problems too). Otherwise each problem keeps its own answer: the shortcut's where its bound
-settles full rank, the SVD's for the others, from one batched SVD in which the settled problems'
-R are replaced by identities. LAPACK's gesdd takes about a fifth of its usual time on an
-identity, so a few rank-deficient problems no longer cost the whole batch an SVD (10,000 64x8
-float32 problems with one of them rank-deficient: 98 ms where the SVD of every R took 243), and
-where no problem is settled the branch costs what that SVD alone did. Where few problems are
-unsettled (at most 1 in 32, or 1 in 4), the SVD takes only those, gathered into a batch of that
-size (_mixed_batch; 1% rank-deficient: 0.65x the time of the identity-padded SVD of every R).
-The second step (the values alone) is left out for batches, where the values cost about as much
-as the SVD of the small factors with vectors. The decision is global to the batch: a batch
-sharded over devices exchanges this one boolean. _single tells a vmapped matrix from a single one
-(its rule makes it the constant False under vmap).
+the bound settles full rank for every problem (_everyone reduces the flags, over vmapped problems
+too). Otherwise each problem keeps its own answer: the shortcut's where its bound settles full rank,
+the SVD's for the others, from one batched SVD in which the settled problems' R are replaced by
+identities. LAPACK's gesdd takes about a fifth of its usual time on an identity, so a few
+rank-deficient problems no longer cost the whole batch an SVD (10,000 64x8 float32 problems with one
+of them rank-deficient: 98 ms where the SVD of every R took 243), and where no problem is settled
+the branch costs what that SVD alone did. Where few problems are unsettled (at most 1 in 32, or 1 in
+4, of a batch of FEW_UNSETTLED_BATCH or more on a single CPU device), the SVD takes only those,
+gathered into a batch of that size (_mixed_batch; 1% rank-deficient: 0.65x the time of the
+identity-padded SVD of every R). The second step (the values alone) is left out for batches, where
+the values cost about as much as the SVD of the small factors with vectors. The decision is global
+to the batch: a batch sharded over devices exchanges this one boolean. _single tells a vmapped
+matrix from a single one (its rule makes it the constant False under vmap).
 
 On a single CPU device, a large tall batch takes its joint QR of [a, b] a chunk of problems at a
 time (see CHUNK_BYTES), with a's masking (non-finite matrices read as zeros) and scaling done where
@@ -180,7 +180,8 @@ def pinv_solve(
             return *_mixed_solution(kind, r, r_inv, t, c, flags, rcond), jnp.zeros((), bool)
         # c (b's batch) and rcond broadcast to a's batch, which _MIXED's chunks and gathers split
         c, t = (jnp.broadcast_to(y, (*lead, *y.shape[-2:])) for y in (c, t))
-        args = (r, r_inv, t, c, flags, jnp.broadcast_to(rcond, lead))
+        # (rcond only sets the rank: no derivative, and a custom_vmap takes no tangent in reverse)
+        args = (r, r_inv, t, c, flags, jnp.broadcast_to(lax.stop_gradient(rcond), lead))
         return *_MIXED[kind](*args), jnp.zeros((), bool)
 
     # One decision for the whole batch: the shortcut alone where every problem has full rank
@@ -235,7 +236,7 @@ def _mixed_batch(kind: str):
         lead = args[0].shape[:-2]
         count = math.prod(lead)
         rooms = _rooms(count)
-        if not rooms:
+        if not rooms or _explicitly_sharded(args[4]):
             return whole(args)
         flat = tuple(x.reshape(count, *x.shape[len(lead) :]) for x in args)
         unsettled = jnp.sum(~flat[4])
@@ -246,10 +247,10 @@ def _mixed_batch(kind: str):
     @run.def_vmap
     def _vmap_rule(axis_size, in_batched, *args):
         r, r_inv, t, c, flags, rcond = args
-        if not any(in_batched[:2] + in_batched[4:]):  # one problem for every mapped b
+        if axis_size and not any(in_batched[:2] + in_batched[4:]):  # one matrix, mapped b
             # the mapped right-hand sides join its columns: (..., n, K) -> (..., n, K B)
             t, c = (
-                y if on else broadcast_to_mapped(y, axis_size)
+                y if on else _broadcast_to_mapped(y, axis_size)
                 for y, on in zip((t, c), in_batched[2:4])
             )
             joined = (jnp.moveaxis(y, 0, -1).reshape(*y.shape[1:-1], -1) for y in (t, c))
@@ -257,14 +258,14 @@ def _mixed_batch(kind: str):
             t = jnp.moveaxis(t.reshape(*t.shape[:-1], -1, axis_size), -1, 0)
             return (t, *rest), (True, False, False, False, False)
         out = run(
-            *(x if on else broadcast_to_mapped(x, axis_size) for x, on in zip(args, in_batched))
+            *(x if on else _broadcast_to_mapped(x, axis_size) for x, on in zip(args, in_batched))
         )
         return out, (True,) * len(out)
 
     return run
 
 
-def broadcast_to_mapped(x: jax.Array, axis_size: int) -> jax.Array:
+def _broadcast_to_mapped(x: jax.Array, axis_size: int) -> jax.Array:
     """x with a leading mapped axis of axis_size (a vmap rule's unbatched argument)."""
     return jnp.broadcast_to(x, (axis_size, *x.shape))
 
@@ -278,10 +279,16 @@ def _rooms(count: int) -> list[int]:
 
 
 def _gathers_apply() -> bool:
-    """Whether a few unsettled problems are gathered (_mixed_batch): on a single device only, where
-    a batch is not sharded (a sharded batch's gather and scatter would cross its shards; not
-    measured)."""
-    return jax.device_count() == 1
+    """Whether a few unsettled problems are gathered (_mixed_batch): on a single CPU device only,
+    where it was measured and where a batch is not split over devices (a sharded batch's gather and
+    scatter would cross its shards)."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def _explicitly_sharded(x: jax.Array) -> bool:
+    """Whether x's type names a mesh axis (explicit sharding, even over a one-device mesh), where
+    the gather's jnp.nonzero cannot trace."""
+    return any(axis is not None for axis in getattr(jax.typeof(x).sharding, "spec", ()))
 
 
 def _gathered(whole, room: int, flat):
@@ -297,7 +304,9 @@ def _gathered(whole, room: int, flat):
     *few, few_flags, few_rcond = (jnp.take(x, picked, axis=0, mode="clip") for x in flat)
     out = whole((*few, few_flags | (picked == count), few_rcond))
     rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
-    values = _values(after(r, out[3], y_core=2))  # y_core=2: one token for the whole room
+    # the settled problems' values (the others' R as identities, which LAPACK takes at a fifth of
+    # the cost; their values come from the room), after the room's: one token for the whole room
+    values = _values(after(jnp.where(flags[:, None, None], r, eye_like(r)), out[3], y_core=2))
     settled = (t, eye_like(r), r_inv, values, rank)
     return tuple(x.at[picked].set(y, mode="drop") for x, y in zip(settled, out))
 
@@ -340,7 +349,7 @@ def _batchwise(solve, buffers: int):
     @run.def_vmap
     def _vmap_rule(axis_size, in_batched, *args):  # the mapped problems join the batch
         out = run(
-            *(x if on else broadcast_to_mapped(x, axis_size) for x, on in zip(args, in_batched))
+            *(x if on else _broadcast_to_mapped(x, axis_size) for x, on in zip(args, in_batched))
         )
         return out, (True,) * len(out)
 

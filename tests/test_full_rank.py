@@ -349,6 +349,17 @@ def batch_with_unsettled(rng, m, n, unsettled):
     return a, spots[1]
 
 
+def gather_few(monkeypatch, request, least=None):
+    """Rooms of 3 and 12 for a batch of 24 (_full_rank._mixed_batch), where the tests' 8 simulated
+    devices would leave them out; batches of least problems or more gather, where given."""
+    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
+    monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)
+    if least is not None:
+        monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_BATCH", least)
+    jax.clear_caches()  # lstsq's programs traced with the usual constants
+    request.addfinalizer(jax.clear_caches)  # and none traced with these stays
+
+
 @pytest.mark.parametrize("form", ["leading", "vmap", "columns"])
 @pytest.mark.parametrize("kind", ["tall", "wide"])
 def test_few_unsettled_members_alone_take_the_svd(monkeypatch, request, kind, form):
@@ -361,9 +372,7 @@ def test_few_unsettled_members_alone_take_the_svd(monkeypatch, request, kind, fo
     rng = np.random.default_rng(12)
     m, n = SHAPES[kind]
     b = randn(rng, (24, m, 2))
-    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))  # rooms of 3 and 12 problems
-    monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)  # the tests simulate 8 devices
-    request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
+    gather_few(monkeypatch, request)
     ran = []  # the batch size of each mixed solution that ran
     original = _full_rank._mixed_solution
 
@@ -407,6 +416,40 @@ def test_few_unsettled_members_alone_take_the_svd(monkeypatch, request, kind, fo
                 assert np.isnan(member.x).all() and int(member.rank) == 0
             else:
                 assert_like_numpy(member, a[i], b[i], None)
+
+
+def test_gathering_batches_differentiate_in_rcond_and_map_nothing(monkeypatch, request):
+    """With the rooms in place: a cutoff that depends on a (rcond = 1e-6 max|a|, differentiated in
+    a) and a derivative in rcond itself (zero: the rank is piecewise constant) trace and match
+    the whole batch's route; a vmap over no right-hand sides gives empty answers; a batch on a
+    one-device mesh (explicitly sharded on jax 0.10) solves as an unsharded one."""
+    rng = np.random.default_rng(5)
+    a, bad = batch_with_unsettled(rng, *SHAPES["tall"], 3)
+    a[bad] = 0.0  # finite, so the gradients are too: a zero, a zero and a rank-deficient member
+    b = randn(rng, (24, SHAPES["tall"][0], 2))
+
+    def in_a(a, b):
+        return jnp.sum(jaxlsq.lstsq(a, b, 1e-6 * jnp.max(jnp.abs(a))).x ** 2)
+
+    def in_rcond(rcond):
+        return jnp.sum(jaxlsq.lstsq(a, b, rcond).x ** 2)
+
+    outs = {}
+    for least, name in ((8, "rooms"), (1 << 30, "whole")):
+        gather_few(monkeypatch, request, least)
+        outs[name] = jax.grad(in_a, argnums=(0, 1))(a, b)
+        assert float(jax.grad(in_rcond)(1e-6)) == 0.0
+    for got, want in zip(jax.tree.leaves(outs["rooms"]), jax.tree.leaves(outs["whole"])):
+        assert np.isfinite(got).all()
+        assert_same_to_rounding(got, want)
+    gather_few(monkeypatch, request, 8)
+    empty = jax.vmap(jaxlsq.lstsq, in_axes=(None, 0))(a[0], np.zeros((0, a.shape[1], 2)))
+    assert [x.shape for x in empty] == [(0, 6, 2), (0, 2), (0,), (0, 6)]
+    mesh = jax.make_mesh((1,), ("p",), devices=jax.devices()[:1])
+    on_mesh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("p"))
+    sharded = jax.jit(jaxlsq.lstsq)(jax.device_put(a, on_mesh), jax.device_put(b, on_mesh))
+    for got, want in zip(sharded, jax.jit(jaxlsq.lstsq)(a, b)):
+        assert_same_to_rounding(got, want)
 
 
 @pytest.mark.parametrize("mapped", [3, 4])

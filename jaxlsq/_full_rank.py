@@ -40,7 +40,7 @@ identities. LAPACK's gesdd takes about a fifth of its usual time on an identity,
 rank-deficient problems no longer cost the whole batch an SVD (10,000 64x8 float32 problems with one
 of them rank-deficient: 98 ms where the SVD of every R took 243), and where no problem is settled
 the branch costs what that SVD alone did. Where few problems are unsettled (at most 1 in 32, or 1 in
-4, of a batch of FEW_UNSETTLED_BATCH or more on a single CPU device), the SVD takes only those,
+4, of a batch large enough: FEW_UNSETTLED_WORK, on a single CPU device), the SVD takes only those,
 gathered into a batch of that size (_mixed_batch; 1% rank-deficient: 0.65x the time of the
 identity-padded SVD of every R). The second step (the values alone) is left out for batches, where
 the values cost about as much as the SVD of the small factors with vectors. The decision is global
@@ -235,7 +235,7 @@ def _mixed_batch(kind: str):
     def run(*args):
         lead = args[0].shape[:-2]
         count = math.prod(lead)
-        rooms = _rooms(count)
+        rooms = _rooms(count, args[0].shape[-1])
         if not rooms or _explicitly_sharded(args[4]):
             return whole(args)
         flat = tuple(x.reshape(count, *x.shape[len(lead) :]) for x in args)
@@ -270,10 +270,11 @@ def _broadcast_to_mapped(x: jax.Array, axis_size: int) -> jax.Array:
     return jnp.broadcast_to(x, (axis_size, *x.shape))
 
 
-def _rooms(count: int) -> list[int]:
-    """The batch sizes that a few unsettled problems of a batch of count are gathered into, from
-    the smallest: none for a batch under FEW_UNSETTLED_BATCH, or where _gathers_apply does not."""
-    if count < FEW_UNSETTLED_BATCH or not _gathers_apply():
+def _rooms(count: int, order: int) -> list[int]:
+    """The batch sizes that a few unsettled problems of a batch of count (R of the given order)
+    are gathered into, from the smallest: none for a batch whose SVD is under FEW_UNSETTLED_WORK,
+    or where _gathers_apply does not."""
+    if count * order**3 < FEW_UNSETTLED_WORK or not _gathers_apply():
         return []
     return sorted({-(-count // share) for share in FEW_UNSETTLED} - {count})
 
@@ -316,12 +317,13 @@ def _gathered(whole, room: int, flat):
 # whole batch's identity-padded SVD in one process): float32 0.65x (26.2 ms before), float64
 # 0.72x, and with 20% rank-deficient 0.80x (room 1/4); 1,000 256x32 float32 with 1% 0.81x; the
 # same answers bit for bit. One room only (1/32) left 20% at 1.01x, one of 1/4 took 0.75x at 1%.
-# Each room is one more copy of the branch in the program: 10,000 64x8 float32 compiled in
-# 1.1-1.3 s where it took 0.7. Smaller batches save less a call (100 64x8 float32 problems with
-# 3% rank-deficient: 0.76x of 0.33 ms; 100 256x32: 0.81x of 3.2 ms), so batches under
-# FEW_UNSETTLED_BATCH problems keep the whole batch's SVD and its shorter compilation.
+# Each room is one more copy of the branch in the program: 10,000 64x8 float32 compiled in 1.1-1.3
+# s where it took 0.6-0.7, and 300 6x3 problems 0.61 s where 0.31. Smaller batches save less a
+# call (100 64x8 float32 problems with 3% rank-deficient: 0.76x of 0.33 ms; 100 256x32: 0.81x of
+# 3.2 ms), so a batch whose SVD is smaller than FEW_UNSETTLED_WORK (count N^3; 256 problems of
+# order 8) keeps the whole batch's SVD and its shorter compilation.
 FEW_UNSETTLED = (32, 4)
-FEW_UNSETTLED_BATCH = 256
+FEW_UNSETTLED_WORK = 256 * 8**3
 _MIXED = {kind: _mixed_batch(kind) for kind in ("tall", "wide")}
 
 

@@ -349,13 +349,13 @@ def batch_with_unsettled(rng, m, n, unsettled):
     return a, spots[1]
 
 
-def gather_few(monkeypatch, request, least=None):
+def gather_few(monkeypatch, request, work=None):
     """Rooms of 3 and 12 for a batch of 24 (_full_rank._mixed_batch), where the tests' 8 simulated
-    devices would leave them out; batches of least problems or more gather, where given."""
+    devices would leave them out; batches of at least work (count N^3) gather, where given."""
     monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
     monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)
-    if least is not None:
-        monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_BATCH", least)
+    if work is not None:
+        monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", work)
     jax.clear_caches()  # lstsq's programs traced with the usual constants
     request.addfinalizer(jax.clear_caches)  # and none traced with these stays
 
@@ -401,7 +401,7 @@ def test_few_unsettled_members_alone_take_the_svd(monkeypatch, request, kind, fo
         a, bad = batch_with_unsettled(rng, m, n, unsettled)
         outs = {}
         for least, name in ((8, "rooms"), (1 << 30, "whole")):
-            monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_BATCH", least)
+            monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", least)
             jax.clear_caches()  # lstsq's programs were traced with the other constants
             ran.clear()
             outs[name] = jax.block_until_ready(jax.jit(solve)(a, b))

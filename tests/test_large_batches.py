@@ -130,7 +130,7 @@ def test_a_batch_gathering_few_unsettled_problems_keeps_one_chain(
     rooms of 3 and 12 of the 24 problems and the whole batch; _full_rank._mixed_batch): its SVD
     and the whole batch's singular values stay in one chain, to second order."""
     monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
-    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_BATCH", 2)
+    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", 2)
     monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)  # the tests simulate 8 devices
     jax.clear_caches()  # lstsq's programs traced with the usual constants
     request.addfinalizer(jax.clear_caches)  # and none traced with these stays

@@ -257,10 +257,7 @@ def _mixed_batch(kind: str):
             t, *rest = run(r, r_inv, *joined, flags, rcond)
             t = jnp.moveaxis(t.reshape(*t.shape[:-1], -1, axis_size), -1, 0)
             return (t, *rest), (True, False, False, False, False)
-        out = run(
-            *(x if on else _broadcast_to_mapped(x, axis_size) for x, on in zip(args, in_batched))
-        )
-        return out, (True,) * len(out)
+        return _joined(run, axis_size, in_batched, args)
 
     return run
 
@@ -268,6 +265,13 @@ def _mixed_batch(kind: str):
 def _broadcast_to_mapped(x: jax.Array, axis_size: int) -> jax.Array:
     """x with a leading mapped axis of axis_size (a vmap rule's unbatched argument)."""
     return jnp.broadcast_to(x, (axis_size, *x.shape))
+
+
+def _joined(run, axis_size: int, in_batched, args):
+    """A custom_vmap rule's answer where the mapped problems join the batch: run over args, the
+    unbatched ones broadcast along the mapped axis, every output batched."""
+    out = run(*(x if on else _broadcast_to_mapped(x, axis_size) for x, on in zip(args, in_batched)))
+    return out, (True,) * len(out)
 
 
 def _rooms(count: int, order: int) -> list[int]:
@@ -305,10 +309,11 @@ def _gathered(whole, room: int, flat):
     *few, few_flags, few_rcond = (jnp.take(x, picked, axis=0, mode="clip") for x in flat)
     out = whole((*few, few_flags | (picked == count), few_rcond))
     rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
+    eye = eye_like(r)
     # the settled problems' values (the others' R as identities, which LAPACK takes at a fifth of
     # the cost; their values come from the room), after the room's: one token for the whole room
-    values = _values(after(jnp.where(flags[:, None, None], r, eye_like(r)), out[3], y_core=2))
-    settled = (t, eye_like(r), r_inv, values, rank)
+    values = _values(after(jnp.where(flags[:, None, None], r, eye), out[3], y_core=2))
+    settled = (t, eye, r_inv, values, rank)
     return tuple(x.at[picked].set(y, mode="drop") for x, y in zip(settled, out))
 
 
@@ -350,10 +355,7 @@ def _batchwise(solve, buffers: int):
 
     @run.def_vmap
     def _vmap_rule(axis_size, in_batched, *args):  # the mapped problems join the batch
-        out = run(
-            *(x if on else _broadcast_to_mapped(x, axis_size) for x, on in zip(args, in_batched))
-        )
-        return out, (True,) * len(out)
+        return _joined(run, axis_size, in_batched, args)
 
     return run
 
@@ -516,11 +518,7 @@ def _tall_factor_vmap_rule(axis_size, in_batched, a, b, a_ok, a_scale, b_scale):
             out_axes=(None, 0, None, 0),
         )(b, b_scale)
         return outs, (False, True, False, True)
-    args = [
-        x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
-        for x, batched in zip((a, b, a_ok, a_scale, b_scale), in_batched)
-    ]
-    return _tall_factor(*args), (True, True, True, True)
+    return _joined(_tall_factor, axis_size, in_batched, (a, b, a_ok, a_scale, b_scale))
 
 
 def _values(r: jax.Array) -> jax.Array:

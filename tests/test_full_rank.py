@@ -421,7 +421,7 @@ def test_few_unsettled_members_alone_take_the_svd(monkeypatch, request, kind, fo
 def test_gathering_batches_differentiate_in_rcond_and_map_nothing(monkeypatch, request):
     """With the rooms in place: a cutoff that depends on a (rcond = 1e-6 max|a|, differentiated in
     a) and a derivative in rcond itself (zero: the rank is piecewise constant) trace and match
-    the whole batch's route; a vmap over no right-hand sides gives empty answers; a batch on a
+    the whole batch's route and, member by member, jnp.linalg.pinv's rule; a vmap over no right-hand sides gives empty answers; a batch on a
     one-device mesh (explicitly sharded on jax 0.10) solves as an unsharded one."""
     rng = np.random.default_rng(5)
     a, bad = batch_with_unsettled(rng, *SHAPES["tall"], 3)
@@ -442,6 +442,11 @@ def test_gathering_batches_differentiate_in_rcond_and_map_nothing(monkeypatch, r
     for got, want in zip(jax.tree.leaves(outs["rooms"]), jax.tree.leaves(outs["whole"])):
         assert np.isfinite(got).all()
         assert_same_to_rounding(got, want)
+    cutoff = 1e-6 * np.max(np.abs(a))  # a constant for the reference: the rank has no derivative
+    for i in range(24):  # each member against jnp.linalg.pinv's own rule
+        want = jax.grad(lambda a, b: jnp.sum(pinv_solve(a, b, cutoff) ** 2), argnums=(0, 1))
+        for g, w in zip(outs["rooms"], want(a[i], b[i])):
+            assert_close(g[i], w, 1e-9, err_msg=f"member {i}")
     gather_few(monkeypatch, request, 8)
     empty = jax.vmap(jaxlsq.lstsq, in_axes=(None, 0))(a[0], np.zeros((0, a.shape[1], 2)))
     assert [x.shape for x in empty] == [(0, 6, 2), (0, 2), (0,), (0, 6)]

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlsq import _full_rank
+
 # Relative tolerances by dtype for solutions and derivatives of well-posed problems.
 RTOL = {
     np.dtype(np.float32): 2e-4,
@@ -284,3 +286,15 @@ def reference_solve(rcond):
 def tolerance(dtype, cond, model_error, order=1):
     eps = np.finfo(dtype).eps
     return max(100 * eps * cond ** (order + 1), 10 * model_error)
+
+
+def gather_few(monkeypatch, request, work=None):
+    """Rooms of 3 and 12 for a batch of 24 (jaxlsq._full_rank._mixed_batch), where the tests' 8
+    simulated devices would leave them out; batches of at least work (count N^3) gather, where
+    given."""
+    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
+    monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)
+    if work is not None:
+        monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", work)
+    jax.clear_caches()  # lstsq's programs traced with the usual constants
+    request.addfinalizer(jax.clear_caches)  # and none traced with these stays

@@ -23,6 +23,7 @@ from helpers import (
     assert_same_to_rounding,
     compiled,
     count_svds,
+    gather_few,
     orthonormal,
     pinv_solve,
     randn,
@@ -347,17 +348,6 @@ def batch_with_unsettled(rng, m, n, unsettled):
         a[i] = with_singular_values(rng, m, n, SPREAD[:5] + [0.0]) if j > 1 else 0.0
     a[spots[1], 1, 2] = np.nan
     return a, spots[1]
-
-
-def gather_few(monkeypatch, request, work=None):
-    """Rooms of 3 and 12 for a batch of 24 (_full_rank._mixed_batch), where the tests' 8 simulated
-    devices would leave them out; batches of at least work (count N^3) gather, where given."""
-    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
-    monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)
-    if work is not None:
-        monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", work)
-    jax.clear_caches()  # lstsq's programs traced with the usual constants
-    request.addfinalizer(jax.clear_caches)  # and none traced with these stays
 
 
 @pytest.mark.parametrize("form", ["leading", "vmap", "columns"])

@@ -17,7 +17,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import compiled, unordered_lapack_calls
+from helpers import compiled, gather_few, unordered_lapack_calls
 
 import jaxlsq
 from jaxlsq import _full_rank
@@ -129,11 +129,7 @@ def test_a_batch_gathering_few_unsettled_problems_keeps_one_chain(
     """The mixed branch that takes the SVD of a few unsettled problems alone (a lax.switch over
     rooms of 3 and 12 of the 24 problems and the whole batch; _full_rank._mixed_batch): its SVD
     and the whole batch's singular values stay in one chain, to second order."""
-    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
-    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", 2)
-    monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)  # the tests simulate 8 devices
-    jax.clear_caches()  # lstsq's programs traced with the usual constants
-    request.addfinalizer(jax.clear_caches)  # and none traced with these stays
+    gather_few(monkeypatch, request, work=2)
     m, n = shape
     a, b, w = jnp.ones((24, m, n)), jnp.ones((24, m, 2)), jnp.ones((24, m))
     if program == "hessian":

@@ -12,6 +12,14 @@ buffers above 32 MiB are mapped anew on every call (jit(vmap(jnp.linalg.lstsq)) 
 float32 problems: 10,635 faults a call). --heap raises malloc's thresholds so that buffers are
 usually reused instead (python3 -m benchmarks.allocator compares the two in one process).
 
+Each system's cell is timed on INSTANCES programs, each made (and, for JAX, compiled) afresh
+from its own copy of the inputs, every round, and its median is that of all their calls. A
+compiled program's speed depends on where its buffers land: on 2 cores, of six compilations of
+jit(vmap(jnp.linalg.lstsq)) for 10,000 64x8 float32 problems, each timed 9 times with its own
+copy of the inputs in one process, three took 65.6-74.0 ms a call and three 109.3-112.5 ms, each
+steadily; jaxlsq's six took 18.3-19.2 ms. One program alone would have made that cell's ratio
+anything from 0.16x to 0.29x.
+
 Each round takes the thread pools (JAX's, NumPy's OpenBLAS, SciPy's, torch's) in a random order,
 and each pool's systems in a random order, back to back. A pool's turn starts with SETTLE_S of
 untimed calls: the previous pool's idle workers stop spinning meanwhile (OpenBLAS spins for
@@ -53,6 +61,7 @@ from .summary import figure  # noqa: E402
 
 BASELINE = "jnp.linalg.lstsq"
 SETTLE_S = 0.2  # untimed calls at the start of each pool's turn
+INSTANCES = 2  # programs per system and cell (see above); --quick: 1
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,7 @@ def run(
     *,
     methods=True,
     settle_s=SETTLE_S,
+    instances=INSTANCES,
     save=None,
     picked=None,
     without=(),
@@ -196,7 +206,9 @@ def run(
     """Times every cell; save(rows, skipped), when given, is called after each cell, so that a
     run cut short keeps the cells it finished. picked: the numbers (from 1) of the cases to time,
     None for all; the others' problems are drawn all the same, so that each case gets the same
-    numbers as in a whole run with the same dtypes. without: names of systems to leave out."""
+    numbers as in a whole run with the same dtypes. without: names of systems to leave out.
+    instances: how many programs each system's cell is timed on (each from its own copy of the
+    problem, all of them every round)."""
     systems, skipped = available(methods)
     unknown = (set(without) - {s.name for s in systems}) | (set(without) & {BASELINE, "jaxlsq"})
     if unknown:
@@ -227,9 +239,12 @@ def run(
                 f"[{i}/{len(cells)}] {case.label()} {np.dtype(dtype).name}: warming up {name} {mode}"
             )
             try:
-                f = calls[name, mode] = make(a, b)
-                out = f()
+                fs = calls[name, mode] = [make(a, b)]
+                out = fs[0]()
                 jax.block_until_ready(out)
+                for _ in range(instances - 1):  # the others, warmed up (their answers are the same)
+                    fs.append(make(a.copy(), b.copy()))
+                    jax.block_until_ready(fs[-1]())
             except Exception as err:  # a peer that cannot take this case: say so, go on
                 if name.startswith("jaxlsq"):  # but jaxlsq must take every case
                     raise
@@ -240,7 +255,7 @@ def run(
                 continue
             if mode == "primal":
                 accuracy[name] = relative_error(out, x_ref), relative_error(out, x_refined)
-        times = {key: [] for key in calls}
+        times = {(key, k): [] for key in calls for k in range(instances)}
         faulted = {key: [] for key in calls}
         start = time.perf_counter()
         by_pool = {}
@@ -253,14 +268,16 @@ def run(
             )
             for p in order.permutation(len(pools)):  # interleaved, in a new order every round
                 keys = [pools[p][j] for j in order.permutation(len(pools[p]))]
-                settle(calls[keys[0]], settle_s)
+                settle(calls[keys[0]][0], settle_s)
                 for key in keys:
-                    seconds, count = timed(calls[key])
-                    times[key].append(seconds)
-                    faulted[key].append(count)
+                    for k in order.permutation(instances) if instances > 1 else [0]:
+                        seconds, count = timed(calls[key][k])
+                        times[key, k].append(seconds)
+                        faulted[key].append(count)
             if time.perf_counter() - start > budget_s and r >= 2:
                 break
-        medians = {key: float(np.median(t)) for key, t in times.items()}
+        pooled = {key: [t for k in range(instances) for t in times[key, k]] for key in calls}
+        medians = {key: float(np.median(t)) for key, t in pooled.items()}
         for (name, mode), med in medians.items():
             base = medians.get((BASELINE, mode))
             rows.append(
@@ -271,7 +288,12 @@ def run(
                     "system": name,
                     "mode": mode,
                     "median_s": med,
-                    "rounds": len(times[name, mode]),
+                    "rounds": len(times[(name, mode), 0]),
+                    "instances": instances,
+                    # each program's own median: how far apart the compilations landed
+                    "instance_medians_s": [
+                        float(np.median(times[(name, mode), k])) for k in range(instances)
+                    ],
                     "ratio_to_jnp": med / base if base else None,
                     "max_rel_error": accuracy[name][0] if mode == "primal" else None,
                     "max_rel_error_refined": accuracy[name][1] if mode == "primal" else None,
@@ -384,6 +406,13 @@ def main(argv=None) -> None:
         "mapped afresh on each call",
     )
     parser.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help=f"programs timed per system and cell, each compiled afresh from its own copy of "
+        f"the problem (default {INSTANCES}, quick 1)",
+    )
+    parser.add_argument(
         "--budget", type=float, default=30.0, help="seconds of timing per cell at most"
     )
     parser.add_argument(
@@ -417,6 +446,9 @@ def main(argv=None) -> None:
     if picked is not None and not picked <= set(range(1, len(cases) + 1)):
         parser.error(f"--cases: numbers from 1 to {len(cases)}, got {args.cases!r}")
     rounds = args.rounds or (3 if args.quick else 9)
+    instances = args.instances if args.instances is not None else 1 if args.quick else INSTANCES
+    if instances < 1:
+        parser.error(f"--instances takes a positive number, got {args.instances}")
     dtypes = [np.dtype(d).type for d in args.dtypes.split(",")]
     allocator = keep_heap() if args.heap else "the default malloc"
     started = time.perf_counter()
@@ -431,6 +463,7 @@ def main(argv=None) -> None:
             "machine": _machine(),
             "python": platform.python_version(),
             "allocator": allocator,
+            "instances": instances,
             "versions": _versions(),
             "jaxlsq": jaxlsq.__version__,
             "seconds": round(time.perf_counter() - started, 1),
@@ -454,6 +487,7 @@ def main(argv=None) -> None:
         args.budget,
         methods=not (args.quick or args.no_methods),
         settle_s=args.settle,
+        instances=instances,
         save=save,
         picked=picked,
         without=list(dict.fromkeys(n.strip() for n in args.without.split(",") if n.strip())),

@@ -33,7 +33,12 @@ def _jax_system(name: str, solve: Callable) -> System:
     """A JAX solver x = solve(a, b) for one problem; batches go through vmap."""
 
     def batched(a):
-        return solve if a.ndim == 2 else jax.vmap(solve)
+        # a new function on every call, so that each make compiles a program of its own (the
+        # harness times several: see benchmarks.__main__'s instances)
+        def one(a, b):
+            return solve(a, b)
+
+        return one if a.ndim == 2 else jax.vmap(one)
 
     def make_primal(a, b):
         f = jax.jit(batched(a))

@@ -63,8 +63,28 @@ def adjoint(x: jax.Array) -> jax.Array:
 
 
 def eye_like(r: jax.Array) -> jax.Array:
-    """Identities of r's shape (..., n, n) and dtype."""
-    return jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape)
+    """Identities of r's shape (..., n, n) and dtype, varying over shard_map's axes as r does."""
+    return vary_like(jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=r.dtype), r.shape), r)
+
+
+def _varying(x) -> frozenset:
+    """The shard_map axes over which x's value varies, from its type (empty outside shard_map):
+    manual_axis_type.varying since JAX 0.7 or so, vma before."""
+    t = jax.typeof(x)
+    manual = getattr(t, "manual_axis_type", None)
+    return frozenset(manual.varying if manual is not None else getattr(t, "vma", ()))
+
+
+def vary_like(x: jax.Array, *refs) -> jax.Array:
+    """x, typed to vary over the shard_map axes over which any of refs does. Inside shard_map the
+    branches of a lax.cond must vary alike, and a constant (an identity, a full rank, zeros) does
+    not vary where the other branch's answer does. Outside shard_map x itself, unchanged."""
+    axes = tuple(sorted(frozenset().union(*map(_varying, refs)) - _varying(x)))
+    if not axes:
+        return x
+    if hasattr(lax, "pcast"):
+        return lax.pcast(x, axes, to="varying")
+    return lax.pvary(x, axes)
 
 
 def svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -79,6 +79,7 @@ from ._factor import (
     svd,
     transposed,
     triangular_factor,
+    vary_like,
 )
 from ._order import after
 from ._scaling import frobenius, scaled_back, scales
@@ -152,7 +153,7 @@ def pinv_solve(
         r_inv_c = None
 
     flags = _certainly_full(r, r_inv, rcond)  # one per problem
-    full_rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
+    full_rank = vary_like(jnp.full(flags.shape, r.shape[-1], jnp.int32), flags)
 
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1})
         t = r_inv_c if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
@@ -167,7 +168,7 @@ def pinv_solve(
 
     def by_values(c):  # the values alone decide, unless R's diagonal already drops one
         real = jnp.finfo(r.dtype).dtype
-        none = lambda r: jnp.zeros(r.shape[:-1], real)  # noqa: E731  keeps none: the SVD branch
+        none = lambda r: vary_like(jnp.zeros(r.shape[:-1], real), r)  # noqa: E731  (the SVD branch)
         values = lax.cond(_surely_deficient(r, rcond), none, _values, r)
         everyone = _everyone(keep_mask(values, rcond)[..., -1])
         c = after(c, values, y_core=1)
@@ -308,7 +309,7 @@ def _gathered(whole, room: int, flat):
     (picked,) = jnp.nonzero(~flags, size=room, fill_value=count)
     *few, few_flags, few_rcond = (jnp.take(x, picked, axis=0, mode="clip") for x in flat)
     out = whole((*few, few_flags | (picked == count), few_rcond))
-    rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
+    rank = vary_like(jnp.full(flags.shape, r.shape[-1], jnp.int32), flags)
     eye = eye_like(r)
     # the settled problems' values (the others' R as identities, which LAPACK takes at a fifth of
     # the cost; their values come from the room), after the room's: one token for the whole room

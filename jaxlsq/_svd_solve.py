@@ -63,7 +63,16 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-from ._factor import Factor, adjoint, factorize, matmul, orientation, reduction, transposed
+from ._factor import (
+    Factor,
+    adjoint,
+    factorize,
+    matmul,
+    orientation,
+    reduction,
+    transposed,
+    vary_like,
+)
 from ._order import after
 
 
@@ -247,12 +256,12 @@ def _pinv_tangent(
     tall = orientation(a) == "tall"
     if not _large_form(a, x, copies):
         vanishing, other = (null_term, residual_term) if tall else (residual_term, null_term)
-        return dx + other() + lax.cond(full, lambda: jnp.zeros_like(dx), vanishing)
+        return dx + other() + lax.cond(full, lambda: vary_like(jnp.zeros_like(dx), dx), vanishing)
     vector, apply, other = (
         (ops.pinv_h_x, ops.null, residual_term) if tall else (residual, ops.pinv_pinv_h, null_term)
     )
-    shape = jax.eval_shape(vector)
-    y = lax.cond(full, lambda: jnp.zeros(shape.shape, shape.dtype), vector)
+    shape = jax.eval_shape(vector)  # zeros varying as x (and so the vector) does: see vary_like
+    y = lax.cond(full, lambda: vary_like(jnp.zeros(shape.shape, shape.dtype), x), vector)
     return dx + other() + apply(dah_times(y))
 
 

@@ -63,6 +63,67 @@ def test_batch_sharded_solves_stay_local(shape, devices):
         assert_close(got, want, 1e-10)
 
 
+try:
+    from jax import shard_map
+except ImportError:  # JAX before 0.7
+    from jax.experimental.shard_map import shard_map
+
+
+def _grad_under_shard_map() -> bool:
+    """Whether this JAX takes jax.grad of a loss inside shard_map (0.6 does not, for plain JAX
+    code too: the varying loss's cotangent seed is typed unvarying)."""
+    mesh = mesh_of(1)
+    f = shard_map(
+        jax.grad(lambda a: jnp.sum(a**2)), mesh=mesh, in_specs=P("batch"), out_specs=P("batch")
+    )
+    try:
+        jax.eval_shape(f, jax.ShapeDtypeStruct((2,), jnp.float32))
+    except ValueError:
+        return False
+    return True
+
+
+# Two devices at most: each device's batched LAPACK calls run beside the other's, and jaxlib 0.10's
+# CPU kernels can hang once three of them wait at a time on 2 cores (jaxlsq/_order.py; plain
+# jnp.linalg chains under shard_map hang the same way on 4 simulated devices).
+@pytest.mark.parametrize("devices", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lstsq_under_shard_map_solves_each_shard(shape, devices):
+    """Inside shard_map each device solves its own problems with its own full-rank vote (no
+    collective), as jit does the whole batch: the same answers to rounding, derivatives included.
+    Its lax.cond branches must vary alike over the mesh axis (before, every form failed to trace:
+    the shortcut's identities and full rank were constants, the other branch's varied)."""
+    if len(jax.devices()) < devices:
+        pytest.skip(f"needs {devices} devices")
+    rng = np.random.default_rng(2)
+    m, n = SHAPES[shape]
+    a_host, b_host = randn(rng, (8, m, n)), randn(rng, (8, m, 2))
+    a_host[1, :, -1] = a_host[1, :, 0]  # a rank-deficient member, in the first shard
+    mesh = mesh_of(devices)
+    spec = NamedSharding(mesh, P("batch"))
+    a, b = (jax.device_put(x, spec) for x in (a_host, b_host))
+
+    def loss(a, b):
+        return jnp.sum(jaxlsq.lstsq(a, b).x ** 2)
+
+    forms = {
+        "outputs": lambda a, b: tuple(jaxlsq.lstsq(a, b)),
+        "vmap": jax.vmap(lambda a, b: jaxlsq.lstsq(a, b).x),
+    }
+    if _grad_under_shard_map():
+        forms["grad"] = jax.grad(loss, argnums=(0, 1))
+        forms["hessian in b"] = jax.vmap(jax.hessian(loss, argnums=1))  # each problem's own
+    for name, f in forms.items():
+        per_shard = shard_map(f, mesh=mesh, in_specs=(P("batch"), P("batch")), out_specs=P("batch"))
+        assert collectives(per_shard, a, b) == [], name
+        got, want = jax.jit(per_shard)(a, b), jax.jit(f)(a_host, b_host)
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            if g.dtype.kind == "i":
+                np.testing.assert_array_equal(g, w, err_msg=name)
+            else:
+                assert_close(g, w, 1e-10, err_msg=name)
+
+
 def test_vmap_over_a_sharded_batch_and_a_kept_factorization():
     rng = np.random.default_rng(1)
     spec = NamedSharding(mesh_of(len(jax.devices())), P("batch"))

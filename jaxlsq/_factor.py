@@ -87,6 +87,19 @@ def vary_like(x: jax.Array, *refs) -> jax.Array:
     return lax.pvary(x, axes)
 
 
+def varying_alike(f, *refs):
+    """f with every output typed to vary as refs do (vary_like): the branches of one lax.cond,
+    each wrapped with the same refs (the problem's inputs), then agree whatever each depends on.
+    Outside shard_map f itself."""
+    if not frozenset().union(*map(_varying, refs)):
+        return f
+
+    def cast(*args):
+        return jax.tree_util.tree_map(lambda y: vary_like(y, *refs), f(*args))
+
+    return cast
+
+
 def svd(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Thin SVD: u (..., M, k), s (..., k) descending, vh (..., k, N), with k = min(M, N)."""
     return jnp.linalg.svd(a, full_matrices=False)

@@ -80,6 +80,7 @@ from ._factor import (
     transposed,
     triangular_factor,
     vary_like,
+    varying_alike,
 )
 from ._order import after
 from ._scaling import frobenius, scaled_back, scales
@@ -134,6 +135,8 @@ def pinv_solve(
     """
     kind = orientation(a)
     a_ok = jnp.ones(a.shape[:-2], bool) if a_ok is None else a_ok
+    # a lax.cond's branches vary alike under shard_map whatever each reads (see varying_alike)
+    alike = lambda f: varying_alike(f, a, b, rcond, a_ok)  # noqa: E731
     # The factorizations see a and b scaled into LAPACK's safe range (see _scaling), x and the
     # values are scaled back below. a's scale comes from the given a (a non-finite one gets a
     # scale it does not use), so that XLA need not form the zeroed copy just to find it.
@@ -169,10 +172,10 @@ def pinv_solve(
     def by_values(c):  # the values alone decide, unless R's diagonal already drops one
         real = jnp.finfo(r.dtype).dtype
         none = lambda r: vary_like(jnp.zeros(r.shape[:-1], real), r)  # noqa: E731  (the SVD branch)
-        values = lax.cond(_surely_deficient(r, rcond), none, _values, r)
+        values = lax.cond(_surely_deficient(r, rcond), alike(none), alike(_values), r)
         everyone = _everyone(keep_mask(values, rcond)[..., -1])
         c = after(c, values, y_core=1)
-        return lax.cond(everyone, shortcut, lambda c, _: svd_branch(r, c), c, values)
+        return lax.cond(everyone, alike(shortcut), alike(lambda c, _: svd_branch(r, c)), c, values)
 
     def mixed(c):  # the shortcut where the bound settles full rank, the SVD for the others
         t = shortcut(c, None)[0]
@@ -189,10 +192,10 @@ def pinv_solve(
     # (a branch per problem would become a select that computes both), otherwise mixed, which
     # costs what the SVD alone does where no problem is settled.
     if a.ndim == 2:  # one matrix, unless under vmap: the values decide where the bound cannot
-        uncertain = lambda c: lax.cond(_single(r), by_values, mixed, c)  # noqa: E731
+        uncertain = lambda c: lax.cond(_single(r), alike(by_values), alike(mixed), c)  # noqa: E731
     else:
         uncertain = mixed
-    t, v, w, s, rank, full = lax.cond(_everyone(flags), certified, uncertain, c)
+    t, v, w, s, rank, full = lax.cond(_everyone(flags), alike(certified), alike(uncertain), c)
     x = t if kind == "tall" else reflect(h, after(taus, t, x_core=1), t)
     # The scaled problem (a_scale A) x' = b_scale b has x = x' a_scale / b_scale and values
     # s' = a_scale s (exact: powers of two). Its derivative is taken scaled too: the transposed
@@ -243,6 +246,7 @@ def _mixed_batch(kind: str):
         unsettled = jnp.sum(~flat[4])
         pick = sum(unsettled > room for room in rooms)  # the smallest room that holds them
         branches = [partial(_gathered, whole, room) for room in rooms] + [whole]
+        branches = [varying_alike(f, *flat) for f in branches]
         return tuple(x.reshape(*lead, *x.shape[1:]) for x in lax.switch(pick, branches, flat))
 
     @run.def_vmap
@@ -518,7 +522,8 @@ def _tall_factor_vmap_rule(axis_size, in_batched, a, b, a_ok, a_scale, b_scale):
             in_axes=axes,
             out_axes=(None, 0, None, 0),
         )(b, b_scale)
-        return outs, (False, True, False, True)
+        # typed as the joint factorization's (which reads b too) under shard_map
+        return tuple(vary_like(y, a, b, b_scale) for y in outs), (False, True, False, True)
     return _joined(_tall_factor, axis_size, in_batched, (a, b, a_ok, a_scale, b_scale))
 
 

@@ -71,7 +71,7 @@ from ._factor import (
     orientation,
     reduction,
     transposed,
-    vary_like,
+    varying_alike,
 )
 from ._order import after
 
@@ -256,12 +256,16 @@ def _pinv_tangent(
     tall = orientation(a) == "tall"
     if not _large_form(a, x, copies):
         vanishing, other = (null_term, residual_term) if tall else (residual_term, null_term)
-        return dx + other() + lax.cond(full, lambda: vary_like(jnp.zeros_like(dx), dx), vanishing)
+        branches = (lambda: jnp.zeros_like(dx), vanishing)  # typed alike under shard_map
+        zeros, vanishing = (varying_alike(f, dx, x, a, b) for f in branches)
+        return dx + other() + lax.cond(full, zeros, vanishing)
     vector, apply, other = (
         (ops.pinv_h_x, ops.null, residual_term) if tall else (residual, ops.pinv_pinv_h, null_term)
     )
-    shape = jax.eval_shape(vector)  # zeros varying as x (and so the vector) does: see vary_like
-    y = lax.cond(full, lambda: vary_like(jnp.zeros(shape.shape, shape.dtype), x), vector)
+    shape = jax.eval_shape(vector)
+    branches = (lambda: jnp.zeros(shape.shape, shape.dtype), vector)  # typed alike: varying_alike
+    zeros, vector = (varying_alike(f, dx, x, a, b) for f in branches)
+    y = lax.cond(full, zeros, vector)
     return dx + other() + apply(dah_times(y))
 
 

@@ -92,7 +92,8 @@ def test_lstsq_under_shard_map_solves_each_shard(shape, devices):
     """Inside shard_map each device solves its own problems with its own full-rank vote (no
     collective), as jit does the whole batch: the same answers to rounding, derivatives included.
     Its lax.cond branches must vary alike over the mesh axis (before, every form failed to trace:
-    the shortcut's identities and full rank were constants, the other branch's varied)."""
+    the shortcut's identities and full rank were constants, the other branch's varied), also
+    where only b is sharded and one replicated matrix serves every problem."""
     if len(jax.devices()) < devices:
         pytest.skip(f"needs {devices} devices")
     rng = np.random.default_rng(2)
@@ -113,10 +114,18 @@ def test_lstsq_under_shard_map_solves_each_shard(shape, devices):
     if _grad_under_shard_map():
         forms["grad"] = jax.grad(loss, argnums=(0, 1))
         forms["hessian in b"] = jax.vmap(jax.hessian(loss, argnums=1))  # each problem's own
+    one = jax.device_put(a_host[1], NamedSharding(mesh, P()))  # one (rank-deficient) matrix
+    forms["one a, b sharded"] = (lambda a, b: jaxlsq.lstsq(a, b).x, (one, a_host[1]))
+    forms["vmap over b, one a"] = (
+        jax.vmap(lambda a, b: jaxlsq.lstsq(a, b).x, in_axes=(None, 0)),
+        (one, a_host[1]),
+    )
     for name, f in forms.items():
-        per_shard = shard_map(f, mesh=mesh, in_specs=(P("batch"), P("batch")), out_specs=P("batch"))
-        assert collectives(per_shard, a, b) == [], name
-        got, want = jax.jit(per_shard)(a, b), jax.jit(f)(a_host, b_host)
+        f, (a_in, a_ref) = f if isinstance(f, tuple) else (f, (a, a_host))
+        specs = (P() if a_in.ndim == 2 else P("batch"), P("batch"))
+        per_shard = shard_map(f, mesh=mesh, in_specs=specs, out_specs=P("batch"))
+        assert collectives(per_shard, a_in, b) == [], name
+        got, want = jax.jit(per_shard)(a_in, b), jax.jit(f)(a_ref, b_host)
         for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             if g.dtype.kind == "i":
                 np.testing.assert_array_equal(g, w, err_msg=name)

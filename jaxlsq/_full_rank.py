@@ -156,7 +156,7 @@ def pinv_solve(
         r_inv_c = None
 
     flags = _certainly_full(r, r_inv, rcond)  # one per problem
-    full_rank = vary_like(jnp.full(flags.shape, r.shape[-1], jnp.int32), flags)
+    full_rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
 
     def shortcut(c, values):  # x from R by a triangular solve; the pair (I, R^{-1})
         t = r_inv_c if kind == "tall" else _triangular_solve(r, c, adjoint_r=True)
@@ -171,7 +171,7 @@ def pinv_solve(
 
     def by_values(c):  # the values alone decide, unless R's diagonal already drops one
         real = jnp.finfo(r.dtype).dtype
-        none = lambda r: vary_like(jnp.zeros(r.shape[:-1], real), r)  # noqa: E731  (the SVD branch)
+        none = lambda r: jnp.zeros(r.shape[:-1], real)  # noqa: E731  (the SVD branch)
         values = lax.cond(_surely_deficient(r, rcond), alike(none), alike(_values), r)
         everyone = _everyone(keep_mask(values, rcond)[..., -1])
         c = after(c, values, y_core=1)

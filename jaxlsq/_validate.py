@@ -48,8 +48,11 @@ def _as_array(x: ArrayLike, name: str, func: str) -> jax.Array:
 
 
 def result_dtype(*arrays: jax.Array) -> np.dtype:
-    """The inexact dtype JAX promotion gives these arrays (integers and bools become floats)."""
-    return np.dtype(jnp.result_type(*arrays, float))
+    """The inexact dtype jnp.linalg.lstsq promotes these arrays to: their joint dtype, or where
+    that is an integer or bool, the float JAX divides it in (int32 and narrower become float32
+    even with x64 on, int64 float64)."""
+    joint = jax.ShapeDtypeStruct((), jnp.result_type(*arrays))
+    return np.dtype(jax.eval_shape(jnp.true_divide, joint, joint).dtype)
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:

@@ -33,7 +33,7 @@ from ._factor import adjoint, eye_like, matmul
 from ._full_rank import full_rank_parts
 from ._order import after, token
 from ._scaling import frobenius, unit_scale
-from ._svd_solve import gram_pair, paired_solve
+from ._svd_solve import gram_pair, paired_solve, unit
 
 
 def _diagonal_check(d: jax.Array, ratio: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -136,11 +136,13 @@ def _weighted_tall_qr_jvp(primals, tangents):
     x, dx = jax.jvp(
         lambda a, b: _checked_solve(root * a, root * b, rcond, parts)[0], (a, b), (da, db)
     )
-    y = matmul(adjoint(a), dw[..., None].astype(a.dtype) * (b - matmul(a, x)))
     # (A^H W A)^{-1} = W' W'^H for the pair (I, W' = R^{-1}) of W^{1/2} A: the solve's own R^{-1},
-    # carrying the pair's derivative for outer transformations
+    # carrying the pair's derivative for outer transformations. Taken for u W^{1/2} A (see unit:
+    # W' W'^H ~ 1/s^2 leaves the range long before x does), pair W' / u, applied to u^2 A^H dW r
+    u = unit(rooted)
+    y = u * matmul(adjoint(a), u * (dw[..., None].astype(a.dtype) * (b - matmul(a, x))))
     r_inv = parts[2]
-    _, pair = gram_pair(rooted, _identity_like(r_inv), after(r_inv, x))
+    _, pair = gram_pair(rooted * u, _identity_like(r_inv), after(r_inv, x) / u)
     return x, dx + matmul(pair, matmul(adjoint(pair), y))
 
 

@@ -74,6 +74,7 @@ from ._factor import (
     varying_alike,
 )
 from ._order import after
+from ._scaling import largest, unit_scale
 
 
 def keep_mask(s: jax.Array, rcond: jax.Array) -> jax.Array:
@@ -196,26 +197,53 @@ class _Ops(NamedTuple):
         return cls(pinv, pinv_h, lambda w: pinv(pinv_h(w)), null, pinv_h_x)
 
 
-def _gram_ops(a: jax.Array, v: jax.Array, w: jax.Array, y: jax.Array, x: jax.Array) -> _Ops:
-    """The maps of a tall a through its pair (V, W), or of a wide a through the pair of a^H."""
+def unit(a: jax.Array) -> jax.Array:
+    """A power of two u (..., 1, 1) per matrix of a that brings its largest entry into [1/2, 1).
+
+    The derivative rules take their products for the problem (u A) x = u b, whose x and tangent
+    are A^+ b's and whose Gram matrix's pseudo-inverse (A^H A)^+ / u^2 is of the order of the
+    blocks it is applied to. Unscaled, (A^H A)^+ ~ 1/s^2 underflows to zero or overflows once s
+    lies beyond the square root of the range (float32: about 1e19 or 1e-19), inside LAPACK's
+    range, where x and dx are ordinary numbers: tangents and gradients came out zero or NaN. u
+    multiplies the M x K and N x K blocks after each product with A or dA (the matrices only where
+    an outer derivative reads a pair's tangent), exactly: scaling by a power of two rounds
+    nothing."""
+    return unit_scale(largest(a), always=True)[..., None, None]
+
+
+def unit_lam(lam: jax.Array, u: jax.Array) -> jax.Array:
+    """u^2 lam for unit's u (..., 1, 1), one factor at a time (u^2 alone may underflow)."""
+    u = u[..., 0, 0]
+    return u * (u * lam)
+
+
+def _gram_ops(a, v, w, y, x, u) -> _Ops:
+    """The maps of (u A) for a tall a through its pair (V, W), or for a wide a through the pair of
+    (u A)^H; y (u b), x (the solution) and u (unit: A's own products take u on the block)."""
     ah = adjoint(a)
 
-    def gram_pinv(t):  # W W^H t: (A^H A)^+ t (tall) or (A A^H)^+ t (wide)
+    def times_a(t):  # (u A) t
+        return u * matmul(a, t)
+
+    def times_ah(y):  # (u A)^H y
+        return u * matmul(ah, y)
+
+    def gram_pinv(t):  # W W^H t: (A^H A)^+ t (tall) or (A A^H)^+ t (wide), of u A
         return matmul(w, matmul(adjoint(w), t))
 
     if orientation(a) == "tall":  # A^+ = W W^H A^H, A^+ A^{+H} = (A^H A)^+ = W W^H
         return _Ops(
-            lambda y: gram_pinv(matmul(ah, y)),
-            lambda t: matmul(a, gram_pinv(t)),
+            lambda y: gram_pinv(times_ah(y)),
+            lambda t: times_a(gram_pinv(t)),
             gram_pinv,
             lambda t: t - matmul(v, matmul(adjoint(v), t)),
-            lambda: matmul(a, gram_pinv(x)),
+            lambda: times_a(gram_pinv(x)),
         )
     # wide: (A A^H)^+ = A^{+H} A^+ = W W^H, A^+ = A^H W W^H
     return _Ops.composed(
-        lambda y: matmul(ah, gram_pinv(y)),
-        lambda t: gram_pinv(matmul(a, t)),
-        lambda t: t - matmul(ah, gram_pinv(matmul(a, t))),
+        lambda y: times_ah(gram_pinv(y)),
+        lambda t: gram_pinv(times_a(t)),
+        lambda t: t - times_ah(gram_pinv(times_a(t))),
         lambda: gram_pinv(y),
     )
 
@@ -224,9 +252,10 @@ def _gram_ops(a: jax.Array, v: jax.Array, w: jax.Array, y: jax.Array, x: jax.Arr
 
 
 def _pinv_tangent(
-    ops: _Ops, a, da, b, db, x, full: jax.Array | None = None, copies: int = 1
+    ops: _Ops, a, da, b, db, x, u, full: jax.Array | None = None, copies: int = 1
 ) -> jax.Array:
-    """dx of x = A^+ b (the module docstring's rule) through the maps ops.
+    """dx of x = A^+ b (the module docstring's rule) through the maps ops of u A (see unit): the
+    same dx as (u A) x = u b's, whose blocks b, db, dA x and r take u here.
 
     full (a tall or wide a only): whether it has full rank, where one term vanishes, the null-space
     term of a tall a (I - A^+ A = 0) or the residual term of a wide one (r = 0); a lax.cond then
@@ -238,11 +267,11 @@ def _pinv_tangent(
     copies of a vmaps hold (vmapped_copies), which the traced shapes do not show.
     """
 
-    def dah_times(y):  # dA^H y, as (y^H dA)^H: reverse mode then forms its term in a's layout
-        return adjoint(matmul(adjoint(y), da))
+    def dah_times(y):  # (u dA)^H y, as (y^H dA)^H: reverse mode then forms its term in a's layout
+        return u * adjoint(matmul(adjoint(y), da))
 
-    def residual():
-        return b - matmul(a, x)
+    def residual():  # of u A and u b
+        return u * (b - matmul(a, x))
 
     def residual_term():
         return ops.pinv_pinv_h(dah_times(residual()))
@@ -250,7 +279,7 @@ def _pinv_tangent(
     def null_term():
         return ops.null(dah_times(ops.pinv_h_x()))
 
-    dx = ops.pinv(db + matmul(da, -x))  # -x, not -(dA x): reverse mode negates N x K, not M x K
+    dx = ops.pinv(u * (db + matmul(da, -x)))  # -x, not -(dA x): reverse mode negates N x K
     if full is None:
         return dx + residual_term() + null_term()
     tall = orientation(a) == "tall"
@@ -333,9 +362,11 @@ def _paired_solve_jvp(copies, primals, tangents):
     a, b, x, v, w, full = primals
     da, db = tangents[:2]
     x = _paired_solve(a, b, x, v, w, full, copies)  # recursive: outer transformations see the rule
+    u = unit(a)  # the rule's products are u A's (see unit); its pair is (V, W / u)
     c = a if orientation(a) == "tall" else adjoint(a)
-    ops = _gram_ops(a, *gram_pair(c, v, w), b, x)
-    return x, _pinv_tangent(ops, a, da, b, db, x, full, copies)
+    pair = gram_pair(c * u, v, w / u)  # u c: read only where an outer derivative takes the pair's
+    ops = _gram_ops(a, *pair, u * b, x, u)
+    return x, _pinv_tangent(ops, a, da, b, db, x, u, full, copies)
 
 
 # --- ridge (Tikhonov) -----------------------------------------------------------------------
@@ -417,34 +448,43 @@ def _resolvent_jvp(primals, tangents):
 
 
 def _ridge_ops(
-    a: jax.Array, rcond: jax.Array, f: Factor, lam: jax.Array, b: jax.Array
+    a: jax.Array, rcond: jax.Array, f: Factor, lam: jax.Array, b: jax.Array, u: jax.Array
 ) -> _RidgeOps:
+    """The maps of the problem (u A, u b, u^2 lam) (see unit), with its factorization f scaled."""
     kind = reduction(a)
     ah = adjoint(a)
+    f, lam = f._replace(s=f.s * u[..., 0]), unit_lam(lam, u)
     c_diag = _kept_power(f.s, rcond, -2, jnp.finfo(a.dtype).dtype)  # C at this point
 
     def sandwich(basis, middle, w):  # basis middle basis^H w
         return matmul(basis, matmul(middle, matmul(adjoint(basis), w)))
 
+    def times_a(t):  # (u A) t
+        return u * matmul(a, t)
+
+    def times_ah(y):  # (u A)^H y
+        return u * matmul(ah, y)
+
+    # (the pairs read u A only where an outer derivative takes their tangents)
     if kind == "wide":  # the pair of A^H: V holds A's left singular vectors
-        u, w = gram_factors(ah, rcond, transposed(f))
-        c = gram_middle(u, w)
+        left, w = gram_factors(ah * u, rcond, transposed(f))
+        c = gram_middle(left, w)
         _, d = _resolvent(c, lam, c_diag)
         cd = matmul(c, d)  # S^{-2} D: A^H U (S^{-2} D) U^H A = V D V^H
         return _RidgeOps(
-            lambda w: matmul(ah, sandwich(u, cd, matmul(a, w))),
-            lambda w: w - matmul(ah, sandwich(u, c, matmul(a, w))),
-            sandwich(u, d, b),
+            lambda w: times_ah(sandwich(left, cd, times_a(w))),
+            lambda w: w - times_ah(sandwich(left, c, times_a(w))),
+            sandwich(left, d, u * b),
         )
     if kind == "tall":  # U = A V S^{-1}: U D U^H = A V (S^{-2} D) V^H A^H
-        v, w = gram_factors(a, rcond, f)
+        v, w = gram_factors(a * u, rcond, f)
         c = gram_middle(v, w)
         _, d = _resolvent(c, lam, c_diag)
-        y = matmul(a, sandwich(v, matmul(c, d), matmul(ah, b)))
+        y = times_a(sandwich(v, matmul(c, d), times_ah(u * b)))
     else:  # U = P S: U D U^H = P (S D S) P^H = P E P^H
-        p, v = pinv_factors(a, rcond, f)
+        p, v = pinv_factors(a * u, rcond, f)
         e, d = _resolvent(matmul(adjoint(p), p), lam, c_diag)
-        y = sandwich(p, e, b)
+        y = sandwich(p, e, u * b)
     return _RidgeOps(
         lambda w: sandwich(v, d, w),
         lambda w: w - matmul(v, matmul(adjoint(v), w)),
@@ -457,12 +497,13 @@ def _factored_ridge_solve_jvp(primals, tangents):
     a, f, b, rcond, lam = primals
     da, _, db, _, dlam = tangents
     x = factored_ridge_solve(a, f, b, rcond, lam)  # recursive, as for solve
-    ops = _ridge_ops(a, rcond, f, lam, b)
-    r = b - matmul(a, x)
+    u = unit(a)  # the rule is that of (u A, u b, u^2 lam): the same x and dx
+    ops = _ridge_ops(a, rcond, f, lam, b, u)
+    r = u * (b - matmul(a, x))
     dah = adjoint(da)
-    inner = matmul(dah, r) + matmul(adjoint(a), db - matmul(da, x))
-    inner = inner - dlam[..., None, None].astype(x.dtype) * x
-    return x, ops.inverse(inner) + ops.null(matmul(dah, ops.y))
+    inner = u * (matmul(dah, r) + matmul(adjoint(a), u * (db - matmul(da, x))))
+    inner = inner - unit_lam(dlam, u)[..., None, None].astype(x.dtype) * x
+    return x, ops.inverse(inner) + ops.null(u * matmul(dah, ops.y))
 
 
 # --- row weights ----------------------------------------------------------------------------
@@ -503,7 +544,9 @@ def _weighted_solve_jvp(primals, tangents):
     )
     r = b - matmul(a, x)
     f_w = factorize(lax.stop_gradient(a_w))  # the one ridge_solve takes (merged under jit)
-    dx_w = _ridge_ops(a_w, rcond, f_w, lam, b_w).inverse(matmul(adjoint(a), dw[..., None] * r))
+    u = unit(a_w)  # the maps are those of u a_w (see unit): (u a_w)^H dW (u r) for A^H dW r
+    ops = _ridge_ops(a_w, rcond, f_w, lam, b_w, u)
+    dx_w = ops.inverse(u * matmul(adjoint(a), u * (dw[..., None] * r)))
     return x, dx + dx_w
 
 

@@ -154,6 +154,90 @@ def test_gradients_at_extreme_scales(dtype, shape):
             assert_close(g, np.asarray(w), 10 * rtol(dtype), err_msg=f"d/d{name} at 2^{k}")
 
 
+# Inside LAPACK's range, yet with s^2 beyond the dtype's: 2^63 (float32) and 2^511 (float64)
+# entries give singular values whose squares overflow (and at 2^-63, 2^-511 whose inverse squares
+# do), where (A^H A)^+ ~ 1/s^2 underflows or overflows. lam = 2^(2 ka) stays normal.
+GRAM_EDGE = {np.float32: 63, np.float64: 511}
+DERIVATIVE_ROUTES = [("svd", (30, 6)), ("svd", (6, 30)), ("svd", (6, 6))] + [
+    (route, shape)
+    for route in ("qr", "cholesky", "factorize", "ridge", "weights", "qr_weights")
+    for shape in ((30, 6), (6, 30))
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("route, shape", DERIVATIVE_ROUTES)
+def test_derivatives_where_the_gram_matrix_leaves_the_range(dtype, route, shape):
+    """jvp and grad of x at a = 2^ka a0 and b = 2^kb b0 (ka = +-GRAM_EDGE, kb = ka or 0), where
+    neither jaxlsq nor LAPACK scales a: x = 2^(kb - ka) x0, its tangent along (2^ka da0, 2^kb db0,
+    dw) 2^(kb - ka) dx0, and the gradients of sum(c x) in a, b and the weights w 2^(kb - 2 ka),
+    2^-ka and 2^(kb - ka) times those at a0, b0 (jnp.linalg.pinv's rule, float64; ridge with
+    lam = 2^(2 ka) through the normal equations); for svd, ridge and weights also the gradients'
+    tangent (second order, kb = ka). The rules applied (A^H A)^+ ~ 1/s^2 to a vector first:
+    tangents and gradients were zero or NaN, x exact (found in review). A gradient whose scale
+    leaves the normal range is skipped, and so is the w-gradient of a wide a (zero)."""
+    a0, b0 = _problem(9, shape)
+    rng = np.random.default_rng(10)
+    da0, db0 = rng.standard_normal(shape), rng.standard_normal(b0.shape)
+    c = rng.standard_normal((shape[1], b0.shape[1]))
+    w0, dw0 = rng.uniform(0.5, 2.0, shape[0]), rng.standard_normal(shape[0])
+    weighted = route in ("weights", "qr_weights")
+    tall_weighted = weighted and shape[0] > shape[1]  # a wide x does not depend on w
+
+    def solver(ka, dt):
+        lam = np.ldexp(1.0, 2 * ka).astype(dt)
+        if route in ("qr", "cholesky"):
+            return lambda a, b, w: jaxlsq.lstsq(a, b, method=route).x
+        if route == "factorize":
+            return lambda a, b, w: jaxlsq.factorize(a).solve(b)
+        if route == "ridge":
+            return lambda a, b, w: jaxlsq.lstsq(a, b, l2_regularizer=lam).x
+        if weighted:
+            method = "qr" if route == "qr_weights" else "svd"
+            return lambda a, b, w: jaxlsq.lstsq(a, b, weights=w, method=method).x
+        return lambda a, b, w: jaxlsq.lstsq(a, b).x
+
+    def reference(a, b, w):
+        if route == "ridge":  # lam = 1 at a0
+            return jnp.linalg.solve(a.T @ a + jnp.eye(a.shape[1]), a.T @ b)
+        if weighted:
+            a, b = jnp.sqrt(w)[:, None] * a, jnp.sqrt(w)[:, None] * b
+        return pinv_solve(a, b, None)
+
+    def gradient(solve, c):
+        return jax.grad(lambda a, b, w: jnp.sum(c * solve(a, b, w)), argnums=(0, 1, 2))
+
+    x0, dx0 = jax.jvp(reference, (a0, b0, w0), (da0, db0, dw0))
+    g0, h0 = jax.jvp(gradient(reference, c), (a0, b0, w0), (da0, db0, dw0))
+    info = np.finfo(dtype)
+    for ka in (GRAM_EDGE[dtype], -GRAM_EDGE[dtype]):
+        solve = solver(ka, dtype)
+        tangent = jax.jit(lambda *args: jax.jvp(solve, args[:3], args[3:]))  # noqa: B023
+        grad = gradient(solve, c.astype(dtype))
+        second = jax.jit(lambda *args: jax.jvp(grad, args[:3], args[3:])[1])  # noqa: B023
+        for kb in (ka, 0):
+            tag = f"{route} a = 2^{ka} a0, b = 2^{kb} b0"
+            scaled = ((a0, ka), (b0, kb), (w0, 0), (da0, ka), (db0, kb), (dw0, 0))
+            args = [_scaled(y, k, dtype) for y, k in scaled]
+            x, dx = tangent(*args)
+            assert_close(np.ldexp(np.asarray(x, np.float64), ka - kb), x0, rtol(dtype), 0, tag)
+            dx = np.ldexp(np.asarray(dx, np.float64), ka - kb)
+            assert_close(dx, dx0, 10 * rtol(dtype), 0, f"jvp, {tag}")
+            scales = (kb - 2 * ka, -ka, kb - ka)
+            for g, want, k, name in zip(jax.jit(grad)(*args[:3]), g0, scales, "abw"):
+                if name == "w" and not tall_weighted:
+                    continue
+                if info.minexp + 8 < k < info.maxexp - 8:
+                    g = np.ldexp(np.asarray(g, np.float64), -k)
+                    assert_close(g, want, 10 * rtol(dtype), 0, f"d/d{name}, {tag}")
+            if kb == ka and route in ("svd", "ridge", "weights"):
+                for h, want, k, name in zip(second(*args), h0, scales, "abw"):
+                    if name == "w" and not tall_weighted:
+                        continue
+                    h = np.ldexp(np.asarray(h, np.float64), -k)
+                    assert_close(h, want, 100 * rtol(dtype), 0, f"second order, d/d{name}, {tag}")
+
+
 @pytest.mark.parametrize("method", ["svd", "qr", "cholesky"])
 def test_zero_weight_rows_do_not_set_the_scale(method):
     """The scales are those of the weighted problem: a huge entry in a row of weight 0 (of b,

@@ -288,6 +288,16 @@ def _squared_norms(r: jax.Array, w: jax.Array | None = None) -> jax.Array:
     return jnp.sum(squares if w is None else w[..., None] * squares, axis=-2)
 
 
+def _equal_batch_ranks(*pairs) -> list:
+    """Each (x, core) as x with leading axes of 1 up to the pairs' most batch dimensions (x.ndim
+    - core); None stays None."""
+    rank = max(x.ndim - core for x, core in pairs if x is not None)
+    return [
+        None if x is None else x.reshape((1,) * (rank + core - x.ndim) + x.shape)
+        for x, core in pairs
+    ]
+
+
 @partial(jax.jit, inline=True, static_argnames=("method", "copies"))
 def _lstsq_core(
     a: jax.Array,
@@ -308,6 +318,11 @@ def _lstsq_core(
     then makes their products NaN by itself, and XLA need not keep a masked copy of an M x N
     matrix in each layout its products want.
     """
+    # a, b, lam and w take leading axes of 1 up to one number of batch dimensions, as
+    # broadcasting would give them. Under vmap the rules of the batched calls put the mapped axis
+    # first in each argument: with fewer batch dimensions than another, an argument's would line
+    # up with the wrong ones of the other (a crash, or problems mixed up).
+    a, b, lam, w = _equal_batch_ranks((a, 2), (b, 2), (lam, 0), (w, 1))
     finite_a = jnp.all(jnp.isfinite(a), axis=(-2, -1))
     finite_b = jnp.all(jnp.isfinite(b), axis=-2)
     a_given = a

@@ -250,6 +250,46 @@ def test_vmap_over_a_and_b_matches_batched_call():
     np.testing.assert_allclose(mapped.x, batched.x, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(6, 3), (3, 6), (4, 4)])
+@pytest.mark.parametrize("option", ["b", "b ridge", "b weights", "b qr", "lam", "w", "w lam"])
+def test_vmap_with_b_lam_or_w_of_more_batch_dimensions_than_a(shape, option):
+    """Under vmap, each mapped problem's b (L, M, K), lam (L,) or w (L, M) batched beyond its a
+    (M, N) broadcasts as in a single call, whose outputs and gradients vmap must give for each
+    mapped problem (one of them rank-deficient). Until 2026-12-06 the batched calls' vmap rules
+    lined a's batch dimensions up with the wrong ones of b: errors, for the plain solve on every
+    shape (found in review), and with lam alone on a wide a; and a first fix that gave a, but not
+    b, leading axes of 1 mixed the problems up with lam (x off by 0.7)."""
+    rng = np.random.default_rng(13)
+    m, n = shape
+    a = randn(rng, (2, m, n))
+    a[1, :, -1] = a[1, :, 0]
+    inner = "b" in option.split()
+    b = randn(rng, (2, 4, m, 1) if inner else (2, m, 1))
+    lam = rng.uniform(0.5, 2.0, (2, 4)) if "lam" in option.split() else np.full(2, 0.3)
+    w = rng.uniform(0.5, 2.0, (2, 4, m) if option.startswith("w") else (2, m))
+    kw = {
+        "b": lambda lam, w: {},
+        "b ridge": lambda lam, w: {"l2_regularizer": lam},
+        "b weights": lambda lam, w: {"weights": w},
+        "b qr": lambda lam, w: {"method": "qr"},
+        "lam": lambda lam, w: {"l2_regularizer": lam},
+        "w": lambda lam, w: {"weights": w},
+        "w lam": lambda lam, w: {"weights": w, "l2_regularizer": lam},
+    }[option]
+
+    def solve(a, b, lam, w):
+        return tuple(jaxlsq.lstsq(a, b, **kw(lam, w)))
+
+    def grad(a, b, lam, w):
+        return jax.grad(lambda a, b: jnp.sum(solve(a, b, lam, w)[0] ** 2), (0, 1))(a, b)
+
+    for f in (solve, grad):
+        mapped = jax.vmap(f)(a, b, lam, w)
+        for i in range(2):
+            for got, want in zip(mapped, f(a[i], b[i], lam[i], w[i])):
+                np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-12, err_msg=option)
+
+
 @pytest.mark.parametrize(
     "a_dtype, b_dtype, out",
     [

@@ -12,6 +12,7 @@ certifies full rank: see _full_rank.)
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -119,6 +120,9 @@ def _reflector_product(transpose: bool):
 
     @custom_vmap
     def apply(h: jax.Array, taus: jax.Array, y: jax.Array) -> jax.Array:
+        if one_for_all(h, y):
+            one = h.reshape(h.shape[-2:]), taus.reshape(taus.shape[-1:])
+            return folded(lambda y: apply(*one, y), h, y)
         h, y = broadcast_batch(h, y)
         taus = jnp.broadcast_to(taus, (*h.shape[:-2], taus.shape[-1]))
         return _ormqr(h, taus, y, left=True, transpose=transpose)
@@ -136,6 +140,19 @@ def _reflector_product(transpose: bool):
         return fold_columns(lambda y: apply(h, taus, y), y), True
 
     return apply
+
+
+def one_for_all(op: jax.Array, y: jax.Array) -> bool:
+    """Whether one operator op (..., D, n) (a batch of ones, or none) acts on a batch of y."""
+    return math.prod(op.shape[:-2]) == 1 < math.prod(y.shape[:-2])
+
+
+def folded(apply, op: jax.Array, y: jax.Array) -> jax.Array:
+    """apply, one operator (op's batch: ones) acting on each column alike, on y (..., D, K) with
+    its problems folded into the columns of one call (fold_columns), shaped as broadcasting gives
+    it: LAPACK applies the operator once, rather than to a copy of it per problem."""
+    out = fold_columns(apply, y.reshape(-1, *y.shape[-2:]))
+    return out.reshape(*jnp.broadcast_shapes(op.shape[:-2], y.shape[:-2]), *out.shape[-2:])
 
 
 def fold_columns(apply, y: jax.Array) -> jax.Array:

@@ -73,6 +73,8 @@ from ._factor import (
     broadcast_batch,
     eye_like,
     fold_columns,
+    folded,
+    one_for_all,
     orientation,
     reflect,
     reflect_h,
@@ -566,7 +568,10 @@ UNROLLED_BATCH = 1024
 
 def _triangular_solve(r: jax.Array, y: jax.Array, adjoint_r: bool = False) -> jax.Array:
     """R^{-1} y (R^{-H} y with adjoint_r) for upper triangular R; batch dimensions broadcast."""
-    return (_adjoint_solve if adjoint_r else _solve)(*broadcast_batch(r, y))
+    solve = _adjoint_solve if adjoint_r else _solve
+    if one_for_all(r, y):
+        return folded(lambda y: solve(r.reshape(r.shape[-2:]), y), r, y)
+    return solve(*broadcast_batch(r, y))
 
 
 def _triangular(adjoint_r: bool):

@@ -342,27 +342,37 @@ def vmapped_copies(x) -> int:
 
 
 def paired_solve(
-    a: jax.Array, b: jax.Array, x: jax.Array, v: jax.Array, w: jax.Array, full, copies: int = 1
+    a: jax.Array,
+    b: jax.Array,
+    x: jax.Array,
+    v: jax.Array,
+    w: jax.Array,
+    full,
+    copies: int = 1,
+    u: jax.Array | None = None,
 ):
     """x = A^+ b, computed already, for a tall a (M >= N) with its pair (v, w), or a wide a with
     the pair of a^H, and whether a has full rank; the derivative is the solve's, through gram_pair
     (x, v and w carry none). copies: how many copies of a the vmaps around the caller hold
     (vmapped_copies, counted where the caller is traced under them), for _large_form: the rule
-    itself is traced one problem at a time."""
-    return _paired_solve(a, b, x, v, w, full, copies)
+    itself is traced one problem at a time. u: unit(a), given where the caller has a's largest
+    entry at hand (reduced inside the rule, jax 0.6 kept a second buffer of a's size: 27.7 MiB of
+    temporaries for value_and_grad of 10,000 64x8 float32 problems, 12.8 given)."""
+    u = unit(a) if u is None else u
+    return _paired_solve(a, b, x, v, w, full, u, copies)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(6,))
-def _paired_solve(a, b, x, v, w, full, copies: int):
+@partial(jax.custom_jvp, nondiff_argnums=(7,))
+def _paired_solve(a, b, x, v, w, full, u, copies: int):
     return x
 
 
 @_paired_solve.defjvp
 def _paired_solve_jvp(copies, primals, tangents):
-    a, b, x, v, w, full = primals
+    a, b, x, v, w, full, u = primals
     da, db = tangents[:2]
-    x = _paired_solve(a, b, x, v, w, full, copies)  # recursive: outer transformations see the rule
-    u = unit(a)  # the rule's products are u A's (see unit); its pair is (V, W / u)
+    x = _paired_solve(a, b, x, v, w, full, u, copies)  # recursive: outer transformations see it
+    # the rule's products are u A's (u = unit(a), see unit); its pair is (V, W / u)
     c = a if orientation(a) == "tall" else adjoint(a)
     pair = gram_pair(c * u, v, w / u)  # u c: read only where an outer derivative takes the pair's
     ops = _gram_ops(a, *pair, u * b, x, u)

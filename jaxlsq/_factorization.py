@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -70,10 +71,11 @@ class Factorization(NamedTuple):
 
     def _solve(self, a, factor, b, lam, func, names):
         plan = _validate.plan_lstsq(a, b, func, names)
+        held = _validate.held(a, b, lam)  # constants of an outer jit (see unfolded)
+        held = (*held, any(_validate.held(*jax.tree.leaves(factor))))
         lam = _validate.check_l2_regularizer(lam, plan, func)
         _validate.batch_with(plan, func, lam, None)  # a clear error where lam does not broadcast
         lam = jnp.zeros((), jnp.finfo(a.dtype).dtype) if lam is None else lam
-        valid = jnp.isfinite(lam) & (lam >= 0) & jnp.isfinite(self.rcond)
         if jnp.iscomplexobj(plan.b) and not jnp.iscomplexobj(a):
             raise TypeError(
                 f"{func}: {names[1]} is complex ({plan.b.dtype}) but the factored matrix is "
@@ -81,12 +83,22 @@ class Factorization(NamedTuple):
                 "or factor a complex matrix."
             )
         b = plan.b.astype(a.dtype)
-        finite_b = jnp.all(jnp.isfinite(b), axis=-2)
-        b = _validate.zero_unless(b, finite_b[..., None, :])
-        x = factored_ridge_solve(a, factor, b, self.rcond, jnp.where(valid, lam, 0))
-        ok = (self.finite & valid)[..., None] & finite_b
-        x = x * _validate.nan_unless(ok)[..., None, :]
+        x = _solve_core(a, factor, b, lam, self.rcond, self.finite, held)
         return x[..., 0] if plan.b_is_vector else x
+
+
+@partial(jax.jit, inline=True, static_argnames="held")
+def _solve_core(a, factor, b, lam, rcond, finite, held):
+    """Factorization.solve's arrays; held: whether a, b, lam and the factors held values in the
+    caller (see _validate.unfolded)."""
+    a, b, lam = (_validate.unfolded(v, c) for v, c in zip((a, b, lam), held[:3], strict=True))
+    factor, rcond, finite = _validate.unfolded((factor, rcond, finite), held[3])
+    valid = jnp.isfinite(lam) & (lam >= 0) & jnp.isfinite(rcond)
+    finite_b = jnp.all(jnp.isfinite(b), axis=-2)
+    b = _validate.zero_unless(b, finite_b[..., None, :])
+    x = factored_ridge_solve(a, factor, b, rcond, jnp.where(valid, lam, 0))
+    ok = (finite & valid)[..., None] & finite_b
+    return x * _validate.nan_unless(ok)[..., None, :]
 
 
 def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
@@ -122,7 +134,8 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
       ([1.0, 2.0], 2)
     """
     func = "jaxlsq.factorize"
-    a = _validate.as_matrix(a, func)
+    a_given, a = a, _validate.as_matrix(a, func)
+    held = _validate.held(a_given)[0]  # a constant of an outer jit (see unfolded)
     _validate.check_rcond(rcond, func)
     dtype = _validate.result_dtype(a)
     work = _validate.compute_dtype(dtype)
@@ -134,6 +147,13 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
             "factor. Use jaxlsq.lstsq, which handles empty problems."
         )
     rcond_eff = _validate.effective_rcond(rcond, dtype, work, m, n)
+    return _factorize_core(a, rcond_eff, held)
+
+
+@partial(jax.jit, inline=True, static_argnames="held")
+def _factorize_core(a: jax.Array, rcond_eff: jax.Array, held: bool) -> Factorization:
+    """factorize's arrays; held: whether a held values in the caller (see _validate.unfolded)."""
+    a = _validate.unfolded(a, held)
     finite = jnp.all(jnp.isfinite(a), axis=(-2, -1))
     a = _validate.zero_unless(a, finite[..., None, None])
     rcond_eff = jnp.broadcast_to(rcond_eff, finite.shape)  # per problem, so vmap can stack it

@@ -214,6 +214,7 @@ def lstsq(
     lam = _validate.check_l2_regularizer(l2_regularizer, plan, func)
     w = _validate.check_weights(weights, plan, func)
     _validate.check_method(method, lam, func)
+    held = _validate.held(a, b, l2_regularizer, weights)  # constants of an outer jit (unfolded)
     batch_shape = _validate.batch_with(plan, func, lam, w)
     if numpy_resid:
         _check_numpy_resid(plan, rcond, lam, w, batch_shape)
@@ -225,7 +226,7 @@ def lstsq(
     else:
         b_work = _validate.some_column(plan.b)
         copies = vmapped_copies(plan.a)  # here: under vmap the core is traced one problem at a time
-        x, residuals, rank, s = _lstsq_core(plan.a, b_work, rcond_eff, lam, w, method, copies)
+        x, residuals, rank, s = _lstsq_core(plan.a, b_work, rcond_eff, lam, w, method, copies, held)
         x, residuals = x[..., :k], residuals[..., :k]
     x = jnp.broadcast_to(x, (*batch_shape, n, k)).astype(plan.dtype)
     residuals = jnp.broadcast_to(residuals, (*batch_shape, k))
@@ -298,7 +299,7 @@ def _equal_batch_ranks(*pairs) -> list:
     ]
 
 
-@partial(jax.jit, inline=True, static_argnames=("method", "copies"))
+@partial(jax.jit, inline=True, static_argnames=("method", "copies", "held"))
 def _lstsq_core(
     a: jax.Array,
     b: jax.Array,
@@ -307,9 +308,11 @@ def _lstsq_core(
     w: jax.Array | None,
     method: str,
     copies: int = 1,
+    held: tuple[bool, ...] = (False,) * 4,
 ) -> tuple[jax.Array, ...]:
     """Solve on a's own batch shape; b's batch dimensions broadcast through the products.
     copies: how many copies of a the vmaps around lstsq hold (see _svd_solve.paired_solve).
+    held: which of a, b, lam and w held values in the caller (_validate.held, unfolded).
 
     Non-finite entries are replaced by zeros before the factorizations (LAPACK may misbehave on
     them) and the affected outputs are multiplied by NaN afterwards; both steps make the
@@ -322,6 +325,7 @@ def _lstsq_core(
     # broadcasting would give them. Under vmap the rules of the batched calls put the mapped axis
     # first in each argument: with fewer batch dimensions than another, an argument's would line
     # up with the wrong ones of the other (a crash, or problems mixed up).
+    a, b, lam, w = (_validate.unfolded(x, c) for x, c in zip((a, b, lam, w), held, strict=True))
     a, b, lam, w = _equal_batch_ranks((a, 2), (b, 2), (lam, 0), (w, 1))
     finite_a = jnp.all(jnp.isfinite(a), axis=(-2, -1))
     finite_b = jnp.all(jnp.isfinite(b), axis=-2)

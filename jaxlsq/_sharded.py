@@ -128,6 +128,7 @@ def sharded_lstsq(
     """
     func = "jaxlsq.sharded_lstsq"
     plan = _validate.plan_lstsq(a, b, func)
+    held = _validate.held(a, b)  # constants of an outer jit (see unfolded)
     _validate.check_rcond(rcond, func)
     if not isinstance(mesh, Mesh):
         raise TypeError(
@@ -162,7 +163,7 @@ def sharded_lstsq(
     # mapped axis whole and splits the rows
     a_s = lax.with_sharding_constraint(plan.a, rows)
     b_s = lax.with_sharding_constraint(_validate.some_column(plan.b), rows)
-    x, residuals, rank, s = _sharded_core(a_s, b_s, rcond_eff, mesh, axis_name)
+    x, residuals, rank, s = _sharded_core(a_s, b_s, rcond_eff, mesh, axis_name, held)
     k = plan.b.shape[-1]
     x, residuals = x[..., :k].astype(plan.dtype), residuals[..., :k]
     if plan.b_is_vector:
@@ -172,8 +173,9 @@ def sharded_lstsq(
     return LstsqResult(x, residuals.astype(real), rank, s.astype(real))
 
 
-@partial(jax.jit, static_argnames=("mesh", "axis_name"))
-def _sharded_core(a, b, rcond, mesh, axis_name):
+@partial(jax.jit, static_argnames=("mesh", "axis_name", "held"))
+def _sharded_core(a, b, rcond, mesh, axis_name, held):
+    a, b = (_validate.unfolded(x, c) for x, c in zip((a, b), held, strict=True))
     solve = _make_solve(axis_name)
 
     def per_device(a, b, rcond):

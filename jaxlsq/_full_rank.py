@@ -85,13 +85,14 @@ from ._factor import (
     varying_alike,
 )
 from ._order import after
-from ._scaling import frobenius, largest, scaled_back, scales, unit_scale
+from ._scaling import frobenius, largest, scaled_back, scales
 from ._svd_solve import (
     _apply_pinv,
     gram_values,
     keep_mask,
     paired_solve,
     rank_of,
+    unit,
 )
 
 
@@ -202,8 +203,9 @@ def pinv_solve(
     # The scaled problem (a_scale A) x' = b_scale b has x = x' a_scale / b_scale and values
     # s' = a_scale s (exact: powers of two). Its derivative is taken scaled too: the transposed
     # rule applies W W^H to a cotangent before A, and W W^H = (A^H A)^+ of a tiny A overflows.
-    u = unit_scale(largest(a) * a_scale[..., 0, 0], always=True)[..., None, None]
-    x = paired_solve(a * a_scale, b * b_scale, x, v, w, full, copies, u)
+    a_s = a * a_scale
+    u = unit(a_s, largest(a) * a_scale[..., 0, 0])  # a's largest entry: see paired_solve
+    x = paired_solve(a_s, b * b_scale, x, v, w, full, copies, u)
     x = scaled_back(x, a_scale, b_scale)
     return x, after(s / a_scale[..., 0], x, x_core=1), rank
 

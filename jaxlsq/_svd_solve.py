@@ -197,8 +197,9 @@ class _Ops(NamedTuple):
         return cls(pinv, pinv_h, lambda w: pinv(pinv_h(w)), null, pinv_h_x)
 
 
-def unit(a: jax.Array) -> jax.Array:
-    """A power of two u (..., 1, 1) per matrix of a that brings its largest entry into [1/2, 1).
+def unit(a: jax.Array, big: jax.Array | None = None) -> jax.Array:
+    """A power of two u (..., 1, 1) per matrix of a that brings its largest entry into [1/2, 1);
+    big: that entry, where the caller has it at hand (see paired_solve).
 
     The derivative rules take their products for the problem (u A) x = u b, whose x and tangent
     are A^+ b's and whose Gram matrix's pseudo-inverse (A^H A)^+ / u^2 is of the order of the
@@ -208,7 +209,7 @@ def unit(a: jax.Array) -> jax.Array:
     multiplies the M x K and N x K blocks after each product with A or dA (the matrices only where
     an outer derivative reads a pair's tangent), exactly: scaling by a power of two rounds
     nothing."""
-    return unit_scale(largest(a), always=True)[..., None, None]
+    return unit_scale(largest(a) if big is None else big, always=True)[..., None, None]
 
 
 def unit_lam(lam: jax.Array, u: jax.Array) -> jax.Array:

@@ -88,6 +88,19 @@ def vary_like(x: jax.Array, *refs) -> jax.Array:
     return lax.pvary(x, axes)
 
 
+def invariant_like(x: jax.Array, *refs) -> jax.Array:
+    """x, typed to vary over no shard_map axis beyond those of refs: where x was computed from
+    refs alone but beside what varies further (the singular values from R of the joint QR of
+    [a, b] for one replicated a and a sharded b; the values ordered after x, see _order), the
+    first device's x along those axes, by a psum of x and zeros (the devices' x differ only by
+    rounding). Outside shard_map, or where x varies no further, x itself."""
+    axes = tuple(sorted(_varying(x) - frozenset().union(*map(_varying, refs))))
+    if not axes:
+        return x
+    first = lax.axis_index(axes) == 0
+    return lax.psum(jnp.where(first, x, jnp.zeros_like(x)), axes)
+
+
 def varying_alike(f, *refs):
     """f with every output typed to vary as refs do (vary_like): the branches of one lax.cond,
     each wrapped with the same refs (the problem's inputs), then agree whatever each depends on.

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _validate
-from ._factor import matmul
+from ._factor import invariant_like, matmul
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, qr_solve, weighted_qr_solve
 from ._scaling import regularized, scaled_back, scales
@@ -418,4 +418,7 @@ def _lstsq_core(
     residuals = residuals * scale
     s = s * _validate.nan_unless(finite_a)[..., None]
     rank = jnp.where(finite_a & jnp.isfinite(rcond), rank, 0)
-    return x, residuals, rank, s
+    # Under shard_map the rank and values vary only as a, rcond, lam and w do (one replicated a
+    # serves a sharded b: R came from the QR of [a, b], the values wait for x)
+    refs = [y for y in (a_given, rcond, lam, w) if y is not None]
+    return x, residuals, invariant_like(rank, *refs), invariant_like(s, *refs)

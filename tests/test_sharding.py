@@ -133,30 +133,34 @@ def test_lstsq_under_shard_map_solves_each_shard(shape, devices):
                 assert_close(g, w, 1e-10, err_msg=name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation (README): rank and singular values vary as b does under shard_map",
-)
-def test_rank_and_values_of_one_replicated_a_are_replicated_under_shard_map():
+@pytest.mark.parametrize("option", ["plain", "wide", "ridge", "qr"])
+def test_rank_and_values_of_one_replicated_a_are_replicated_under_shard_map(option):
     """One replicated a for a sharded b: rank and singular values depend on a alone, and
     jnp.linalg.lstsq's (or jaxlsq.factorize's) can leave shard_map replicated (out_specs P()).
-    jaxlsq.lstsq's are typed to vary as b does: R comes from the joint QR of [a, b], the
-    branches' outputs are cast to vary as all the inputs do, and the values wait for x (see
-    _order). Found by a review; not fixed yet."""
+    jaxlsq.lstsq's were typed to vary as b does (R from the joint QR of [a, b], the values
+    ordered after x): P() failed to trace (found by a review). They now take the first device's
+    values, one psum."""
     if len(jax.devices()) < 2:
         pytest.skip("needs 2 devices")
     rng = np.random.default_rng(3)
-    a, b = randn(rng, (6, 3)), randn(rng, (2, 6, 1))
+    m, n = (3, 6) if option == "wide" else (6, 3)
+    a, b = randn(rng, (m, n)), randn(rng, (2, m, 1))
+    kw = {"ridge": {"l2_regularizer": 0.5}, "qr": {"method": "qr"}}.get(option, {})
     mesh = mesh_of(2)
 
     def f(a, b):
-        result = jaxlsq.lstsq(a, b[0])
-        return result.rank, result.singular_values
+        result = jaxlsq.lstsq(a, b[0], **kw)
+        return result.x[None], result.rank, result.singular_values
 
-    per_shard = shard_map(f, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P(), P()))
-    rank, s = jax.jit(per_shard)(a, b)
+    per_shard = shard_map(
+        f, mesh=mesh, in_specs=(P(), P("batch")), out_specs=(P("batch"), P(), P())
+    )
+    x, rank, s = jax.jit(per_shard)(a, b)
     assert int(rank) == 3
-    assert_close(s, np.linalg.svd(a, compute_uv=False), 1e-10)
+    if option != "qr":  # the methods compute no singular values (NaN)
+        assert_close(s, np.linalg.svd(a, compute_uv=False), 1e-10)
+    for i in range(2):
+        assert_close(x[i], jaxlsq.lstsq(a, b[i], **kw).x, 1e-10)
 
 
 def test_vmap_over_a_sharded_batch_and_a_kept_factorization():

@@ -71,10 +71,10 @@ class Factorization(NamedTuple):
 
     def _solve(self, a, factor, b, lam, func, names):
         plan = _validate.plan_lstsq(a, b, func, names)
-        held = _validate.held(a, b, lam)  # constants of an outer jit (see unfolded)
-        held = (*held, any(_validate.held(*jax.tree.leaves(factor))))
-        lam = _validate.check_l2_regularizer(lam, plan, func)
+        lam_given, lam = lam, _validate.check_l2_regularizer(lam, plan, func)
         _validate.batch_with(plan, func, lam, None)  # a clear error where lam does not broadcast
+        held = _validate.held(a, b, lam_given)  # constants of an outer jit (see unfolded)
+        held = (*held, any(_validate.held(*jax.tree.leaves(factor))))
         lam = jnp.zeros((), jnp.finfo(a.dtype).dtype) if lam is None else lam
         if jnp.iscomplexobj(plan.b) and not jnp.iscomplexobj(a):
             raise TypeError(

@@ -353,6 +353,9 @@ def _lstsq_core(
         lam = jnp.where(valid, lam, 0)
         ok = ok & valid[..., None]
         options_ok = options_ok & valid
+    # Under shard_map the rank and values vary only as a, rcond, lam and w do (one replicated a
+    # serves a sharded b: R comes from the QR of [a, b], the values wait for x)
+    refs = [y for y in (a_given, rcond, lam, w) if y is not None]
     root = None if w is None else jnp.sqrt(w)[..., None].astype(a.dtype)
     if method == "svd":
         if w is not None and lam is None:  # scaled as the plain solve is (see _scaling)
@@ -418,7 +421,4 @@ def _lstsq_core(
     residuals = residuals * scale
     s = s * _validate.nan_unless(finite_a)[..., None]
     rank = jnp.where(finite_a & jnp.isfinite(rcond), rank, 0)
-    # Under shard_map the rank and values vary only as a, rcond, lam and w do (one replicated a
-    # serves a sharded b: R came from the QR of [a, b], the values wait for x)
-    refs = [y for y in (a_given, rcond, lam, w) if y is not None]
     return x, residuals, invariant_like(rank, *refs), invariant_like(s, *refs)

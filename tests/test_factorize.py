@@ -144,6 +144,8 @@ def test_option_errors_and_a_traced_non_finite_rcond():
     f = jaxlsq.factorize(np.ones((3, 4, 2)) + np.eye(4, 2))
     with pytest.raises(ValueError, match="jaxlsq.Factorization.solve: l2_regularizer has shape"):
         f.solve(np.ones((3, 4, 1)), l2_regularizer=np.ones(4))
+    with pytest.raises(TypeError, match="jaxlsq.Factorization.solve: l2_regularizer must be an"):
+        f.solve(np.ones((3, 4, 1)), l2_regularizer=[[1.0, 2.0], [3.0]])  # ragged
     with pytest.raises(ValueError, match="jaxlsq.factorize: rcond must be finite"):
         jaxlsq.factorize(np.eye(3), rcond=np.nan)
     a = np.diag([1.0, 0.5, 1e-3])

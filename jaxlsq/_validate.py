@@ -172,8 +172,9 @@ def held(*arrays: ArrayLike | None) -> tuple[bool, ...]:
     return tuple(x is not None and is_concrete(x) and np.size(x) > 1 for x in arrays)
 
 
-def unfolded(x: jax.Array | None, constant: bool) -> jax.Array | None:
-    """x behind an optimization barrier where it held values when the caller was traced.
+def unfolded(x, constant: bool):
+    """x (an array, a pytree of arrays, or None) behind an optimization barrier where it held
+    values when the caller was traced.
 
     Under an outer jit such an array is a constant of the program, and XLA evaluates every
     computation on constants alone while it compiles, element by element: the finiteness and

@@ -5,7 +5,7 @@
 # Everything goes to $OUT (the device tool's folder) or benchmarks/gpu-results, at most 7 files;
 # each step has its share of DEADLINE_S seconds.
 #   COMMIT=<sha> bash benchmarks/gpu.sh
-# (DEADLINE_S=540 TESTS_S=150 BENCH_S=380 BENCH_ARGS= by default; COMMIT names the tree where
+# (DEADLINE_S=540 TESTS_S=150 SVD_S=90 BENCH_S=380 BENCH_ARGS= by default; COMMIT names the tree where
 # the machine has no .git)
 set -uo pipefail
 out=${OUT:-benchmarks/gpu-results}
@@ -25,6 +25,12 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 JAX_PLATFORMS=cuda,cpu timeout "${TESTS_S:-150}" \
   python3 -m pytest -q -n 4 tests/test_gpu.py 2>&1 | tee "$out/gpu-tests.log"
 echo "gpu tests: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/machine.txt"
+
+# What R's singular values cost by each algorithm on this GPU, beside the square solves (jaxlsq's
+# float32 1000 x 1000 solve needs them; on CUDA jnp.linalg.svd takes the Jacobi SVD up to 1024).
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 timeout "${SVD_S:-90}" \
+  python3 -m benchmarks.svd_values --sizes 256,1000 --rounds 5 2>&1 | tee "$out/svd-values.md"
+echo "svd values: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/machine.txt"
 
 # The benchmark: JAX on the GPU, torch on CUDA, NumPy and SciPy on the host's cores. Without the
 # qr/cholesky methods and lineax (compile time; lineax's SVD solve times as jnp's on the GPU), a

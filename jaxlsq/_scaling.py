@@ -30,12 +30,23 @@ def largest(x: jax.Array) -> jax.Array:
 
 def frobenius(x: jax.Array) -> jax.Array:
     """Frobenius norm of each matrix of x (..., M, N) without overflow or underflow of the
-    squares: scaled by its largest entry."""
+    squares: the sum is taken of x 2^-e, whose largest entry lies in [1/2, 1), and scaled back.
+
+    2^-e is applied as two factors, each a normal number. One factor (or x / max |x|, which XLA
+    computes as x times 1 / max |x|) is subnormal where the largest entry exceeds 1 / tiny
+    (float32: 8.5e37), and XLA flushes it to zero: every such norm came out 0, and a rank
+    deficient R, whose R^{-1} reached that size, passed _certainly_full's bound as full rank.
+    inf for a matrix with an infinite entry, NaN for one with a NaN."""
     big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-    safe = jnp.where(big > 0, big, 1)
-    return (big * jnp.sqrt(jnp.sum(jnp.abs(x / safe) ** 2, axis=(-2, -1), keepdims=True)))[
-        ..., 0, 0
-    ]
+    _, e = jnp.frexp(jnp.where((big > 0) & (big < jnp.inf), big, 1))
+    half = e // 2
+    parts = (x,) if jnp.isrealobj(x) else (jnp.real(x), jnp.imag(x))
+    one = jnp.ones((), parts[0].dtype)
+    down = jnp.ldexp(one, -half), jnp.ldexp(one, half - e)  # 2^-e and 2^e, two normal factors each
+    up = jnp.ldexp(one, half), jnp.ldexp(one, e - half)
+    # the squares of the parts, not of |x|: XLA would share |x| with the max and keep it whole
+    total = sum(jnp.sum((p * down[0] * down[1]) ** 2, axis=(-2, -1), keepdims=True) for p in parts)
+    return (jnp.sqrt(total) * up[0] * up[1])[..., 0, 0]
 
 
 def unit_scale(big: jax.Array, always: bool = False, to_edge: bool = False) -> jax.Array:

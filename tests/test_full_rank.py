@@ -122,6 +122,47 @@ def test_the_full_rank_certificate_is_sound_and_used(dtype):
     assert bool(_certainly_full(*_factor_and_inverse(well), jnp.asarray(eps * 30, dtype)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("form", ["single", "vmap", "leading"])
+@pytest.mark.parametrize("kind", ["square", "tall", "wide"])
+def test_the_certificate_holds_where_r_inverse_passes_one_over_tiny(dtype, form, kind):
+    """A value at 1e-38 (float32) or 1e-308 (float64) of a matrix with entries near 1, far under
+    the cutoff: R^{-1} has entries between 1 / tiny and the largest float, where a norm that
+    multiplies by 1 / max |x| (subnormal, flushed to zero by XLA) came out 0 and the bound
+    certified full rank (rank 2 and x near 1e38 where NumPy's rank is 1 and x about 0.01). The
+    leading batch of UNROLLED_BATCH problems, half of them well-conditioned, takes the unrolled
+    triangular solves and the mixed branch."""
+    t = {np.float32: 1e-37, np.float64: 1e-307}[dtype]
+
+    def shaped(tall):  # 3 x 2, the square's 2 x 2 or the wide 2 x 3
+        tall = np.array(tall)[: 2 if kind == "square" else 3]
+        return (tall.T if kind == "wide" else tall).astype(dtype)
+
+    a = shaped([[1.0, 10.0], [0.0, t], [0.0, 0.0]])
+    b = np.linspace(1.0, 2.0, a.shape[0]).astype(dtype)
+    rcond = np.finfo(dtype).eps * max(a.shape)
+    tall = a if kind != "wide" else a.T
+    assert not bool(_certainly_full(*_factor_and_inverse(tall), jnp.asarray(rcond, dtype)))
+    x, _, rank, s = np.linalg.lstsq(a.astype(np.float64), b.astype(np.float64), rcond=rcond)
+    assert rank == 1
+    if form == "single":
+        result = jax.jit(jaxlsq.lstsq)(a, b)
+    else:
+        if form == "vmap":
+            result = jax.jit(jax.vmap(jaxlsq.lstsq))(a[None], b[None])
+        else:
+            batch = np.stack(
+                [a, shaped([[2.0, 1.0], [1.0, 3.0], [1.0, 1.0]])] * (UNROLLED_BATCH // 2)
+            )
+            result = jax.jit(jaxlsq.lstsq)(batch, np.stack([b[:, None]] * UNROLLED_BATCH))
+            result = result._replace(x=result.x[..., 0])
+        result = jaxlsq.LstsqResult(*(out[0] for out in result))
+    tol = 50 * np.finfo(dtype).eps
+    assert int(result.rank) == 1
+    assert_close(result.x, x, tol)
+    assert_close(result.singular_values[:1], s[:1], tol)
+
+
 @pytest.mark.parametrize("form", ["few", "many", "vmap"])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("adjoint_r", [False, True], ids=["R", "R^H"])

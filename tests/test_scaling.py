@@ -18,6 +18,7 @@ import pytest
 from helpers import assert_close, pinv_solve, rtol
 
 import jaxlsq
+from jaxlsq._scaling import frobenius
 
 # log2 of the scales, beyond safmin / eps and its inverse (about 2^-103 and 2^103 in float32,
 # 2^-970 and 2^970 in float64): tiny (float32 2^-120 ~ 8e-37: an unscaled QR then errs by about
@@ -53,6 +54,36 @@ def _ridge(a, b, lam):
     to underflow."""
     u, s, vh = np.linalg.svd(a, full_matrices=False)
     return vh.T @ ((1 / (s + lam / s))[:, None] * (u.T @ b))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+def test_frobenius_norm_over_the_whole_range(dtype):
+    """_scaling.frobenius against NumPy (the entries' exact magnitudes, summed in float64 after
+    scaling by a power of two) where the largest entry lies anywhere from the normal range's
+    bottom to its top: 1 / max |x| is subnormal above 1 / tiny, and a norm that multiplied by it
+    came out 0 (the full-rank bound then certified rank-deficient matrices). A norm past the
+    largest float is inf, and a matrix with inf or NaN gives inf or NaN."""
+    real = np.finfo(dtype).dtype
+    info = np.finfo(real)
+    rng = np.random.default_rng(3)
+    # entries of up to 0.9 in magnitude, the first 0.75, times 2^k: at the top, 0.75 2^(maxexp - 1)
+    # lies above 1 / tiny = 2^-minexp (float32: 2^126) and the norm (at most 1.6 2^k) below the
+    # largest float
+    for k in [info.minexp + 2, -20, 0, 20, info.maxexp - 1]:
+        x = _entries(rng, (3, 2, 2)) / 4
+        if np.issubdtype(dtype, np.complexfloating):
+            x = x + 1j * _entries(rng, x.shape) / 4
+        x[:, 0, 0] = 0.75
+        x = (x * np.ldexp(1.0, k)).astype(dtype)
+        exact = np.linalg.norm(x.astype(np.complex128) * np.ldexp(1.0, -k), axis=(1, 2))
+        exact = exact * np.ldexp(1.0, k)
+        for f in (frobenius, jax.jit(frobenius)):
+            assert_close(f(x), exact, 4 * info.eps, err_msg=f"largest entry 2^{k}")
+    top = np.full((1, 2, 2), np.ldexp(1.0, info.maxexp - 1), dtype)  # its norm passes the top
+    special = np.array([[[np.inf, 1.0]], [[np.nan, 1.0]], [[0.0, 0.0]]], dtype)
+    assert np.asarray(frobenius(top)).tolist() == [np.inf]
+    got = np.asarray(jax.jit(frobenius)(special))
+    assert got[0] == np.inf and np.isnan(got[1]) and got[2] == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

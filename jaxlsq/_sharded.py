@@ -29,6 +29,7 @@ from jax.typing import ArrayLike
 from . import _validate
 from ._factor import Basis, Factor, adjoint, matmul
 from ._lstsq import LstsqResult, _squared_norms, lstsq
+from ._scaling import largest, scaled_back, unit_scale
 from ._svd_solve import _apply_pinv, _kept_power, rank_of
 
 # jax.shard_map in newer JAX, jax.experimental.shard_map before. The outputs are replicated by
@@ -183,7 +184,12 @@ def _sharded_core(a, b, rcond, mesh, axis_name, held):
         finite_b = lax.psum(jnp.sum(~jnp.isfinite(b), axis=0), axis_name) == 0  # (K,)
         a = _validate.zero_unless(a, jnp.isfinite(a))  # NaN derivatives where not finite
         b = _validate.zero_unless(b, jnp.isfinite(b))
-        x = solve(a, b, rcond)
+        # The rule's (A^H A)^+ ~ 1/s^2 over- or underflows once s lies beyond the square root of
+        # the range: it takes the problem scaled by powers of two, a's largest entry (over every
+        # device) to [1/2, 1), as _svd_solve.unit does (exact; x and its tangent are the same)
+        a_scale = unit_scale(lax.pmax(largest(a), axis_name), always=True)
+        b_scale = unit_scale(lax.pmax(largest(b), axis_name), to_edge=True)
+        x = scaled_back(solve(a * a_scale, b * b_scale, rcond), a_scale, b_scale)
         r = b - matmul(a, x)
         residuals = lax.psum(_squared_norms(r), axis_name)
         s = _solve_blocks(lax.stop_gradient(a), lax.stop_gradient(b), rcond, axis_name)[1]

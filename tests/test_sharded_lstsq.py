@@ -161,3 +161,35 @@ def test_empty_problems_vmap_and_a_traced_non_finite_rcond():
     out = solve(jnp.nan)
     assert np.all(np.isnan(out.x)) and np.isnan(out.residuals[0]) and int(out.rank) == 0
     assert_close(solve(0.0).x, want.x[0, :, 0], 1e-12)
+
+
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [(np.float64, 1e-160), (np.float64, 1e160), (np.float32, 1e-22), (np.float32, 1e22)],
+    ids=["f64-tiny", "f64-huge", "f32-tiny", "f32-huge"],
+)
+def test_derivatives_at_scales_beyond_the_square_root_of_the_range(dtype, scale):
+    # The rule's 1/s^2 over- or underflows there (NaN for a tiny a, 0 for a huge one, where the
+    # derivative is an ordinary number); against the pinv derivative in float64 NumPy on the
+    # same numbers, computed at scale 1 and scaled (exact: powers of ten are not, so relative)
+    mesh = mesh_of(8)
+    rng = np.random.default_rng(7)
+    a1, da1 = rng.standard_normal((2, 16, 3))
+    b = rng.standard_normal((16, 2)).astype(dtype)
+    a, da = (a1 * scale).astype(dtype), (da1 * scale).astype(dtype)
+    a64, da64 = (a.astype(np.float64) / scale, da.astype(np.float64) / scale)
+    p = np.linalg.pinv(a64)
+    resid = b.astype(np.float64) - a64 @ (p @ b)
+    want = (-p @ da64 @ p @ b + p @ p.T @ da64.T @ resid) / scale  # full column rank
+    solve = lambda a, b: jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows").x  # noqa: E731
+    x, dx = jax.jvp(lambda a: solve(a, b), (a,), (da,))
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(x, p @ b.astype(np.float64) / scale, rtol=tol)
+    np.testing.assert_allclose(dx, want, rtol=tol)
+    # reverse mode, with a cotangent of scale so that the gradient is an ordinary number too
+    ct = np.full((3, 2), scale, dtype)
+    got = jax.vjp(solve, a, b)[1](ct)
+    ref = jax.vjp(lambda a, b: jaxlsq.lstsq(a, b).x, a, b)[1](ct)
+    for g, g_ref in zip(got, ref, strict=True):
+        assert np.all(np.isfinite(g_ref)) and np.max(np.abs(g_ref)) > 0
+        np.testing.assert_allclose(g, g_ref, rtol=tol, atol=tol * np.max(np.abs(g_ref)))

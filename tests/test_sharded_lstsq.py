@@ -169,15 +169,15 @@ def test_empty_problems_vmap_and_a_traced_non_finite_rcond():
     ids=["f64-tiny", "f64-huge", "f32-tiny", "f32-huge"],
 )
 def test_derivatives_at_scales_beyond_the_square_root_of_the_range(dtype, scale):
-    # The rule's 1/s^2 over- or underflows there (NaN for a tiny a, 0 for a huge one, where the
-    # derivative is an ordinary number); against the pinv derivative in float64 NumPy on the
-    # same numbers, computed at scale 1 and scaled (exact: powers of ten are not, so relative)
+    # The rule's 1/s^2 over- or underflows there (it gave NaN for a tiny a, 0 for a huge one,
+    # where the derivative is an ordinary number). Reference: the pinv derivative in NumPy
+    # float64 on the rounded inputs brought back to scale 1, then divided by the scale
     mesh = mesh_of(8)
     rng = np.random.default_rng(7)
     a1, da1 = rng.standard_normal((2, 16, 3))
     b = rng.standard_normal((16, 2)).astype(dtype)
     a, da = (a1 * scale).astype(dtype), (da1 * scale).astype(dtype)
-    a64, da64 = (a.astype(np.float64) / scale, da.astype(np.float64) / scale)
+    a64, da64 = a.astype(np.float64) / scale, da.astype(np.float64) / scale
     p = np.linalg.pinv(a64)
     resid = b.astype(np.float64) - a64 @ (p @ b)
     want = (-p @ da64 @ p @ b + p @ p.T @ da64.T @ resid) / scale  # full column rank

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, collective_sizes, low_rank, randn
+from helpers import assert_close, collective_sizes, count_qrs, count_svds, low_rank, randn
 from jax.sharding import Mesh
 
 import jaxlsq
@@ -163,6 +163,47 @@ def test_empty_problems_vmap_and_a_traced_non_finite_rcond():
     assert_close(solve(0.0).x, want.x[0, :, 0], 1e-12)
 
 
+@pytest.mark.parametrize("devices", [1, 8])
+def test_one_factorization_of_the_rows(devices):
+    # x and the singular values come from the same blocks (scaled by the same power of two), so
+    # that XLA factors each device's rows once: from different blocks it took two QRs and two SVDs
+    mesh = mesh_of(devices)
+    rng = np.random.default_rng(1)
+    a, b = randn(rng, (1024, 8)), randn(rng, (1024, 3))
+
+    def solve(a, b):
+        return jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
+
+    def value_and_grad(a, b):
+        loss = lambda a, b: jnp.sum(solve(a, b).x ** 2)  # noqa: E731
+        return jax.value_and_grad(loss, argnums=(0, 1))(a, b)
+
+    for f in (solve, value_and_grad):
+        assert count_qrs(f, a, b) == 1
+        assert count_svds(f, a, b) + count_svds(f, a, b, values_only=True) == 1
+
+
+@pytest.mark.parametrize(
+    "dtype, scale",
+    [(np.float32, 1e-35), (np.float32, 3e37), (np.float64, 1e-300), (np.float64, 1e300)],
+    ids=["f32-tiny", "f32-huge", "f64-tiny", "f64-huge"],
+)
+def test_values_at_the_ends_of_the_range(dtype, scale):
+    # The singular values came from the unscaled blocks: float32 ones at 3e37 were 9% off,
+    # at 1e-35 4e-5 (x was right). b at 1, or at the scale where a is huge: x stays normal
+    mesh = mesh_of(8)
+    rng = np.random.default_rng(3)
+    a = (rng.standard_normal((32, 4)) * scale).astype(dtype)
+    b = (rng.standard_normal((32, 2)) * max(scale, 1.0)).astype(dtype)
+    out = jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
+    # NumPy float64 on the same numbers brought to scale 1 (the residuals' squares leave the range)
+    x, _, rank, s = np.linalg.lstsq(a / scale, b / max(scale, 1.0), rcond=None)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out.singular_values, s * scale, rtol=tol)
+    np.testing.assert_allclose(out.x, x * max(scale, 1.0) / scale, rtol=tol)
+    assert int(out.rank) == rank == 4
+
+
 @pytest.mark.parametrize(
     "dtype, scale",
     [(np.float64, 1e-160), (np.float64, 1e160), (np.float32, 1e-22), (np.float32, 1e22)],
@@ -186,6 +227,11 @@ def test_derivatives_at_scales_beyond_the_square_root_of_the_range(dtype, scale)
     tol = 1e-3 if dtype == np.float32 else 1e-9
     np.testing.assert_allclose(x, p @ b.astype(np.float64) / scale, rtol=tol)
     np.testing.assert_allclose(dx, want, rtol=tol)
+    out = jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
+    s = np.linalg.svd(a64, compute_uv=False) * scale
+    np.testing.assert_allclose(out.singular_values, s, rtol=tol)
+    np.testing.assert_allclose(out.residuals, np.sum(resid**2, axis=0), rtol=tol)
+    assert int(out.rank) == 3
     # reverse mode, with a cotangent of scale so that the gradient is an ordinary number too
     ct = np.full((3, 2), scale, dtype)
     got = jax.vjp(solve, a, b)[1](ct)

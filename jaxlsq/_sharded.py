@@ -9,7 +9,8 @@ residuals are the sum over devices of each block's own (psum).
 
 Derivatives. A custom JVP applies the constant-rank rule of _svd_solve to the row-sharded A
 through the pair (V, Z = V S^{-2}) of the stacked factor: every product that contracts rows,
-A^H y, is a local product followed by psum, and products A w stay local. First order, forward and
+A^H y, is a local product followed by psum, and products A w stay local; the singular values'
+derivative Re(u_i^H dA v_i) takes u_i = A v_i / s_i the same way. First order, forward and
 reverse. Outer derivatives of the rule go through JAX's own QR and SVD rules, so second order is
 correct only where those are (full-rank blocks, distinct singular values) and is not tested.
 """
@@ -67,7 +68,7 @@ def _solve_blocks(a, b, rcond, axis):
 def _make_solve(axis):
     @jax.custom_jvp
     def solve(a, b, rcond):
-        """x and the singular values (the latter without derivative) from one factorization."""
+        """x and the singular values from one factorization."""
         return _solve_blocks(a, b, rcond, axis)[:2]
 
     @solve.defjvp
@@ -75,6 +76,10 @@ def _make_solve(axis):
         a, b, rcond = primals
         da, db, _ = tangents
         x, s, v = _solve_blocks(a, b, rcond, axis)
+        # ds_i = Re(u_i^H dA v_i) with u_i = A v_i / s_i, summed over the rows (JAX's SVD rule
+        # at distinct values); 0 for the values the cutoff drops, which the rule holds at zero
+        ds = lax.psum(jnp.sum(jnp.real(jnp.conj(matmul(a, v)) * matmul(da, v)), axis=0), axis)
+        ds = ds * _kept_power(s, rcond, -1, s.dtype)
         keep = _kept_power(s, rcond, 0, a.dtype)
         v, z = v * keep, v * _kept_power(s, rcond, -2, a.dtype)
         rows_h = lambda y: lax.psum(matmul(adjoint(a), y), axis)  # noqa: E731  A^H y, summed
@@ -85,7 +90,7 @@ def _make_solve(axis):
         inner = db - matmul(da, x) + pinv_h(dah(r))
         z_x = dah(pinv_h(x))
         dx = pinv(inner) + z_x - matmul(v, matmul(adjoint(v), z_x))
-        return (x, s), (dx, jnp.zeros_like(s))
+        return (x, s), (dx, ds)
 
     return solve
 
@@ -99,7 +104,8 @@ def sharded_lstsq(
     computed without gathering the rows: each device QR-factors its row block, only the small
     ``N x N`` factors and ``N x K`` projections cross devices, and every device takes the SVD of
     the stacked factors (TSQR). Differentiable (first order, forward and reverse) in ``a`` and
-    ``b`` by the same constant-rank rule, with the row sums done by ``psum``.
+    ``b`` by the same constant-rank rule, with the row sums done by ``psum``; the singular
+    values by ``Re(u_i^H dA v_i)``, 0 at a value the cutoff drops.
 
     Args:
       a: ``(M, N)``; its rows are split over ``mesh``'s ``axis_name`` (it is placed that way if

@@ -3,6 +3,8 @@
 conftest.py gives 8 simulated CPU devices; meshes of 1, 2 and 8 of them.
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,19 +86,26 @@ def test_derivatives_match_the_single_device_rule(case, complex_):
 
     def sharded(a, b):
         out = jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
-        return out.x, out.residuals
+        return out.x, out.residuals, out.singular_values
 
     def single(a, b):
         out = jaxlsq.lstsq(a, b)
-        return out.x, out.residuals
+        return out.x, out.residuals, out.singular_values
 
     for got, want in zip(jax.jvp(sharded, (a, b), (da, db)), jax.jvp(single, (a, b), (da, db))):
         for g, w in zip(got, want):
             assert_close(g, w, 1e-11)
     weights = randn(rng, (n, 2), complex_)
+    # the values' weights: on the kept ones only where a is rank deficient (at a dropped value
+    # sharded_lstsq's gradient is 0, lstsq's JAX's SVD rule's u_i v_i^H: neither is a derivative)
+    kept = np.arange(1.0, n + 1) * (np.arange(n) < (3 if case == "rank_deficient" else n))
 
     def loss(solve):
-        return lambda a, b: jnp.sum(jnp.real(weights * solve(a, b)[0])) + jnp.sum(solve(a, b)[1])
+        def f(a, b):
+            x, residuals, s = solve(a, b)
+            return jnp.sum(jnp.real(weights * x)) + jnp.sum(residuals) + jnp.sum(kept * s)
+
+        return f
 
     got = jax.jit(jax.grad(loss(sharded), argnums=(0, 1)))(a, b)
     want = jax.grad(loss(single), argnums=(0, 1))(a, b)
@@ -232,6 +241,10 @@ def test_derivatives_at_scales_beyond_the_square_root_of_the_range(dtype, scale)
     np.testing.assert_allclose(out.singular_values, s, rtol=tol)
     np.testing.assert_allclose(out.residuals, np.sum(resid**2, axis=0), rtol=tol)
     assert int(out.rank) == 3
+    values = lambda solve: lambda a: solve(a, b).singular_values  # noqa: E731
+    sharded = partial(jaxlsq.sharded_lstsq, mesh=mesh, axis_name="rows")
+    ds = jax.jvp(values(sharded), (a,), (da,))[1]
+    np.testing.assert_allclose(ds, jax.jvp(values(jaxlsq.lstsq), (a,), (da,))[1], rtol=tol)
     # reverse mode, with a cotangent of scale so that the gradient is an ordinary number too
     ct = np.full((3, 2), scale, dtype)
     got = jax.vjp(solve, a, b)[1](ct)

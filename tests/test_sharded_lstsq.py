@@ -206,7 +206,8 @@ def test_values_at_the_ends_of_the_range(dtype, scale):
     b = (rng.standard_normal((32, 2)) * max(scale, 1.0)).astype(dtype)
     out = jaxlsq.sharded_lstsq(a, b, mesh=mesh, axis_name="rows")
     # NumPy float64 on the same numbers brought to scale 1 (the residuals' squares leave the range)
-    x, _, rank, s = np.linalg.lstsq(a / scale, b / max(scale, 1.0), rcond=None)
+    a64, b64 = a.astype(np.float64) / scale, b.astype(np.float64) / max(scale, 1.0)
+    x, _, rank, s = np.linalg.lstsq(a64, b64, rcond=None)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out.singular_values, s * scale, rtol=tol)
     np.testing.assert_allclose(out.x, x * max(scale, 1.0) / scale, rtol=tol)

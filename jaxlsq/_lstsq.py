@@ -97,9 +97,9 @@ def lstsq(
         than the SVD and differentiate correctly under their assumption (in the weights too, at
         zero weights of a tall ``a``). They check it on their own factor; where it fails ``x`` and
         ``residuals`` are NaN (and so are their derivatives), never a finite wrong answer. They
-        compute no singular values (``singular_values`` is NaN) and report ``rank`` as
-        ``min(M, N)`` where the check passes and an estimate below it where it fails (see
-        ``jaxlsq._methods``). ``"qr"`` takes no ``l2_regularizer``.
+        compute no singular values (``singular_values`` is NaN, its derivatives too) and report
+        ``rank`` as ``min(M, N)`` where the check passes and an estimate below it where it fails
+        (see ``jaxlsq._methods``). ``"qr"`` takes no ``l2_regularizer``.
       numpy_resid: if True, return residuals exactly as NumPy does: an empty array when the rank
         is below ``N`` or ``M <= N``. That shape depends on values, so it works only outside
         ``jit``/``vmap``/``grad`` and for unbatched ``a``.
@@ -413,7 +413,11 @@ def _lstsq_core(
             lam = lam * a_scale[..., 0, 0] * a_scale[..., 0, 0]  # 0 stays 0 (a_scale^2 may not)
             x, rank = cholesky_solve(a_m, b_m, lam, w_m)
         x = scaled_back(x, a_scale, b_scale)
+        # No singular values: NaN, and with a NaN derivative (a constant's would be a finite 0
+        # for an output that has none), through x, which depends on all of a and b
+        dependence = jnp.real(jnp.sum(x, axis=(-2, -1))).astype(rcond.dtype)
         s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
+        s = s * dependence[..., None]
     residuals = _squared_norms(b - matmul(a_given, x), w)
     poison = _validate.nan_unless(options_ok) + tie
     scale = _validate.nan_unless(ok) * poison[..., None]  # 1 where valid, multiplied in

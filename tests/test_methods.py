@@ -47,6 +47,24 @@ def test_matches_numpy_at_full_rank(shape, method, dtype):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_singular_values_that_are_not_computed_have_nan_derivatives(method):
+    # They are NaN; as a constant their derivative was 0, a finite answer in forward and reverse
+    # mode (and under vmap) for an output that has none. x's own derivatives stay finite
+    rng = np.random.default_rng(4)
+    a, da, b = randn(rng, (30, 5)), randn(rng, (30, 5)), randn(rng, (30, 2))
+
+    def values(a):
+        return jaxlsq.lstsq(a, b, method=method).singular_values
+
+    assert np.all(np.isnan(jax.jvp(values, (a,), (da,))[1]))
+    assert np.all(np.isnan(jax.grad(lambda a: jnp.sum(values(a)))(a)))
+    batch = jax.grad(lambda a: jnp.sum(jax.vmap(values)(a)))(np.stack([a, da]))
+    assert np.all(np.isnan(batch))
+    x_grad = jax.grad(lambda a: jnp.sum(jaxlsq.lstsq(a, b, method=method).x ** 2))(a)
+    assert np.all(np.isfinite(x_grad))
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_weights_and_ridge_agree_with_the_svd_path(shape, method):
     rng = np.random.default_rng(2)

@@ -39,13 +39,13 @@ the SVD's for the others, from one batched SVD in which the settled problems' R 
 identities. LAPACK's gesdd takes about a fifth of its usual time on an identity, so a few
 rank-deficient problems no longer cost the whole batch an SVD (10,000 64x8 float32 problems with one
 of them rank-deficient: 98 ms where the SVD of every R took 243), and where no problem is settled
-the branch costs what that SVD alone did. Where few problems are unsettled (at most 1 in 32, or 1 in
-4, of a batch large enough: FEW_UNSETTLED_WORK, on a single CPU device), the SVD takes only those,
-gathered into a batch of that size (_mixed_batch; 1% rank-deficient: 0.65x the time of the
-identity-padded SVD of every R). The second step (the values alone) is left out for batches, where
-the values cost about as much as the SVD of the small factors with vectors. The decision is global
-to the batch: a batch sharded over devices exchanges this one boolean. _single tells a vmapped
-matrix from a single one (its rule makes it the constant False under vmap).
+the branch costs what that SVD alone did. In a batch large enough (FEW_UNSETTLED_WORK, on a single
+CPU device) the SVD takes only the unsettled problems, gathered a 32nd of the batch at a time, in
+a loop of as many rounds as they fill (_mixed_batch; 1% rank-deficient: one round, 0.65x the time
+of the identity-padded SVD of every R). The second step (the values alone) is left out for
+batches, where the values cost about as much as the SVD of the small factors with vectors. The
+decision is global to the batch: a batch sharded over devices exchanges this one boolean. _single
+tells a vmapped matrix from a single one (its rule makes it the constant False under vmap).
 
 On a single CPU device, a large tall batch takes its joint QR of [a, b] a chunk of problems at a
 time (see CHUNK_BYTES), with a's masking (non-finite matrices read as zeros) and scaling done where
@@ -59,7 +59,6 @@ LAPACK buffers would otherwise set the program's size even where no problem need
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -227,11 +226,10 @@ def _mixed_solution(kind: str, r, r_inv, t, c, flags, rcond):
 
 def _mixed_batch(kind: str):
     """_mixed_solution over a batch of problems of one batch shape (leading dimensions, and the
-    problems of vmaps around it, which join the batch as in _batchwise). Where at most one
-    problem in FEW_UNSETTLED[i] is unsettled (its bound does not settle full rank), the SVD takes
-    only those, gathered into a batch of that room (_gathered); otherwise the whole batch, in
-    chunks where large (_in_chunks). A lax.switch picks the smallest room that holds them at run
-    time; each problem's answer is the same either way."""
+    problems of vmaps around it, which join the batch as in _batchwise). Where _room gives a
+    room, the SVD takes only the unsettled problems (those whose bound does not settle full
+    rank), that many at a time (_gathered); otherwise the whole batch, in chunks where large
+    (_in_chunks). Each problem's answer is the same either way."""
 
     def solve(*args):  # _mixed_solution, looked up when traced
         return _mixed_solution(kind, *args)
@@ -244,15 +242,11 @@ def _mixed_batch(kind: str):
     def run(*args):
         lead = args[0].shape[:-2]
         count = math.prod(lead)
-        rooms = _rooms(count, args[0].shape[-1])
-        if not rooms or _explicitly_sharded(args[4]):
+        room = _room(count, args[0].shape[-1])
+        if room is None or _explicitly_sharded(args[4]):
             return whole(args)
         flat = tuple(x.reshape(count, *x.shape[len(lead) :]) for x in args)
-        unsettled = jnp.sum(~flat[4])
-        pick = sum(unsettled > room for room in rooms)  # the smallest room that holds them
-        branches = [partial(_gathered, whole, room) for room in rooms] + [whole]
-        branches = [varying_alike(f, *flat) for f in branches]
-        return tuple(x.reshape(*lead, *x.shape[1:]) for x in lax.switch(pick, branches, flat))
+        return tuple(x.reshape(*lead, *x.shape[1:]) for x in _gathered(whole, room, flat))
 
     @run.def_vmap
     def _vmap_rule(axis_size, in_batched, *args):
@@ -284,13 +278,13 @@ def _joined(run, axis_size: int, in_batched, args):
     return out, (True,) * len(out)
 
 
-def _rooms(count: int, order: int) -> list[int]:
-    """The batch sizes that a few unsettled problems of a batch of count (R of the given order)
-    are gathered into, from the smallest: none for a batch whose SVD is under FEW_UNSETTLED_WORK,
-    or where _gathers_apply does not."""
+def _room(count: int, order: int) -> int | None:
+    """How many unsettled problems of a batch of count (R of the given order) the SVD takes at a
+    time (FEW_UNSETTLED); None, the whole batch at once, for a batch whose SVD is under
+    FEW_UNSETTLED_WORK or where _gathers_apply does not."""
     if count * order**3 < FEW_UNSETTLED_WORK or not _gathers_apply():
-        return []
-    return sorted({-(-count // share) for share in FEW_UNSETTLED} - {count})
+        return None
+    return -(-count // FEW_UNSETTLED)
 
 
 def _gathers_apply() -> bool:
@@ -307,37 +301,47 @@ def _explicitly_sharded(x: jax.Array) -> bool:
 
 
 def _gathered(whole, room: int, flat):
-    """_mixed_batch's answers where at most room problems of the batch flat (one leading batch
-    dimension) are unsettled: whole (the mixed solution) on those problems alone, gathered into a
-    batch of room (the room left over repeats the last problem, marked settled: an identity for
-    the SVD), scattered into the shortcut's answers for the others (their values by _values, which
-    XLA drops where the caller does not use them; after the room's, one batched LAPACK call at a
-    time: _order)."""
+    """_mixed_batch's answers where the SVD takes the unsettled problems of the batch flat (one
+    leading batch dimension) alone, room of them at a time: a loop of as many rounds as they
+    need (one where at most room are unsettled), each gathering the next room of them (a last
+    room not filled repeats the last problem, marked settled: an identity for the SVD), running
+    whole (the mixed solution) on those and scattering its answers into the shortcut's. Then the
+    settled problems' values (the others' R as identities, which LAPACK takes at a fifth of the
+    cost), which XLA drops where the caller does not use them; after the loop: one batched
+    LAPACK call at a time (_order)."""
     r, r_inv, t, _, flags, _ = flat
     count = flags.shape[0]
-    (picked,) = jnp.nonzero(~flags, size=room, fill_value=count)
-    *few, few_flags, few_rcond = (jnp.take(x, picked, axis=0, mode="clip") for x in flat)
-    out = whole((*few, few_flags | (picked == count), few_rcond))
-    rank = vary_like(jnp.full(flags.shape, r.shape[-1], jnp.int32), flags)
+    (picked,) = jnp.nonzero(~flags, size=-(-count // room) * room, fill_value=count)
     eye = eye_like(r)
-    # the settled problems' values (the others' R as identities, which LAPACK takes at a fifth of
-    # the cost; their values come from the room), after the room's: one token for the whole room
-    values = _values(after(jnp.where(flags[:, None, None], r, eye), out[3], y_core=2))
-    settled = (t, eye, r_inv, values, rank)
-    return tuple(x.at[picked].set(y, mode="drop") for x, y in zip(settled, out))
+    real = jnp.finfo(r.dtype).dtype
+
+    def one_room(i, answers):
+        few_picked = lax.dynamic_slice_in_dim(picked, i * room, room)
+        *few, few_flags, few_rcond = (jnp.take(x, few_picked, axis=0, mode="clip") for x in flat)
+        out = whole((*few, few_flags | (few_picked == count), few_rcond))
+        return tuple(x.at[few_picked].set(y, mode="drop") for x, y in zip(answers, out))
+
+    rank = vary_like(jnp.full(flags.shape, r.shape[-1], jnp.int32), flags)
+    s = vary_like(jnp.zeros(r.shape[:-1], real), r)  # the unsettled problems' come from the rooms
+    rounds = (jnp.sum(~flags, dtype=jnp.int32) + room - 1) // room
+    t, v, w, s, rank = lax.fori_loop(0, rounds, one_room, (t, eye, r_inv, s, rank))
+    values = _values(after(jnp.where(flags[:, None, None], r, eye), s, y_core=2))
+    return t, v, w, jnp.where(flags[:, None], values, s), rank
 
 
-# The mixed branch's SVD takes, where few problems of a batch are unsettled, only those. 10,000
-# 64x8 problems with 1% rank-deficient (x alone, vmapped, 2 CPU cores, interleaved against the
-# whole batch's identity-padded SVD in one process): float32 0.65x (26.2 ms before), float64
-# 0.72x, and with 20% rank-deficient 0.80x (room 1/4); 1,000 256x32 float32 with 1% 0.81x; the
-# same answers bit for bit. One room only (1/32) left 20% at 1.01x, one of 1/4 took 0.75x at 1%.
-# Each room is one more copy of the branch in the program: 10,000 64x8 float32 compiled in 1.1-1.3
-# s where it took 0.6-0.7, and 300 6x3 problems 0.61 s where 0.31. Smaller batches save less a
-# call (100 64x8 float32 problems with 3% rank-deficient: 0.76x of 0.33 ms; 100 256x32: 0.81x of
-# 3.2 ms), so a batch whose SVD is smaller than FEW_UNSETTLED_WORK (count N^3; 256 problems of
-# order 8) keeps the whole batch's SVD and its shorter compilation.
-FEW_UNSETTLED = (32, 4)
+# The mixed branch's SVD takes only the unsettled problems of a large batch. 10,000 64x8 problems
+# with 1% rank-deficient (x alone, vmapped, 2 CPU cores, interleaved against the whole batch's
+# identity-padded SVD in one process): float32 0.65x (26.2 ms before), float64 0.72x; 1,000
+# 256x32 float32 with 1% 0.81x; the same answers bit for bit. Smaller batches save less a call
+# (100 64x8 float32 problems with 3% rank-deficient: 0.76x of 0.33 ms; 100 256x32: 0.81x of 3.2
+# ms), so a batch whose SVD is smaller than FEW_UNSETTLED_WORK (count N^3; 256 problems of order
+# 8) keeps the whole batch's SVD. Until 2026-12-06 a lax.switch picked one of three branches (a
+# room of a 32nd, one of a quarter, the whole batch), each a copy of the solution in the program:
+# the loop over rooms of a 32nd builds the vmapped 10,000 64x8 float32 solve in 1.24 s where the
+# switch took 1.92 (106 fusions where 151), and runs as fast (x alone, float32, one process, 15
+# rounds: 5% rank-deficient 0.90x, 20% 0.97x, 50% 0.88x, 100% 0.89-0.96x, 1% 1.00x; float64 and
+# 1,000 256x32 0.93-1.04x at 1% and 20%); rooms of a 16th or an 8th ran no faster.
+FEW_UNSETTLED = 32
 FEW_UNSETTLED_WORK = 256 * 8**3
 _MIXED = {kind: _mixed_batch(kind) for kind in ("tall", "wide")}
 

@@ -192,6 +192,30 @@ def _computations(text: str) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def loops_calling_svd(f, *args) -> int:
+    """How many while loops of the compiled program of f(*args) call LAPACK's SVD in their body
+    (directly or through the computations it calls)."""
+    comps = _computations(compiled(f, *args).as_text())
+
+    def calls_svd(comp, seen):
+        if comp in seen:
+            return False
+        seen.add(comp)
+        return any(
+            SVD_CALL.search(rest) or any(calls_svd(c, seen) for c in _callees(rest))
+            for _, rest in comps.get(comp, [])
+        )
+
+    bodies = [
+        body
+        for lines in comps.values()
+        for _, rest in lines
+        if " while(" in rest.split(", metadata=")[0]
+        for body in re.findall(r"body=%([\w.\-]+)", rest)
+    ]
+    return sum(calls_svd(body, set()) for body in bodies)
+
+
 def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
     """Pairs of LAPACK calls in the compiled program of f that no data dependence orders (in the
     same computation; a conditional or loop whose branches call LAPACK counts as a call). jaxlib
@@ -289,10 +313,9 @@ def tolerance(dtype, cond, model_error, order=1):
 
 
 def gather_few(monkeypatch, request, work=None):
-    """Rooms of 3 and 12 for a batch of 24 (jaxlsq._full_rank._mixed_batch), where the tests' 8
-    simulated devices would leave them out; batches of at least work (count N^3) gather, where
-    given."""
-    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", (8, 2))
+    """Rooms of 3 for a batch of 24 (jaxlsq._full_rank._mixed_batch), where the tests' 8 simulated
+    devices would leave them out; batches of at least work (count N^3) gather, where given."""
+    monkeypatch.setattr(_full_rank, "FEW_UNSETTLED", 8)
     monkeypatch.setattr(_full_rank, "_gathers_apply", lambda: True)
     if work is not None:
         monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", work)

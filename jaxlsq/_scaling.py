@@ -18,6 +18,26 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def exponent(x: jax.Array) -> jax.Array:
+    """frexp's exponent e of a positive finite x (x = f 2^e, f in [1/2, 1)), int32, read from its
+    bits: a few integer operations where jnp.frexp's general case (zeros, infinities, NaN,
+    subnormal numbers) is some 30 operations, repeated in each fused program that reads a scale.
+    A subnormal x (which XLA flushes to zero anyway) gets the least normal exponent, above its
+    own."""
+    info = jnp.finfo(x.dtype)
+    bits = lax.bitcast_convert_type(x, jnp.int64 if info.bits == 64 else jnp.int32)
+    biased = (bits >> info.nmant) & ((1 << info.nexp) - 1)
+    return jnp.maximum(biased, 1).astype(jnp.int32) + jnp.int32(info.minexp)
+
+
+def power_of_two(e: jax.Array, dtype) -> jax.Array:
+    """2^e as dtype, for an integer e of the normal range (float32: -126 to 127), from its bits."""
+    info = jnp.finfo(dtype)
+    kind = jnp.int64 if info.bits == 64 else jnp.int32
+    biased = (e - info.minexp + 1).astype(kind)
+    return lax.bitcast_convert_type(biased << info.nmant, info.dtype)
+
+
 def largest(x: jax.Array) -> jax.Array:
     """max |x_ij| of each matrix of x (..., M, N), shape (...); 0 where the matrix is empty.
     Meaningless where x is not finite (XLA's CPU reductions may drop NaN): callers check
@@ -38,12 +58,12 @@ def frobenius(x: jax.Array) -> jax.Array:
     deficient R, whose R^{-1} reached that size, passed _certainly_full's bound as full rank.
     inf for a matrix with an infinite entry, NaN for one with a NaN."""
     big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
-    _, e = jnp.frexp(jnp.where((big > 0) & (big < jnp.inf), big, 1))
-    half = e // 2
+    e = exponent(jnp.where((big > 0) & (big < jnp.inf), big, 1))
+    half = e >> 1  # floor(e / 2): an arithmetic shift, where // takes a dozen operations
     parts = (x,) if jnp.isrealobj(x) else (jnp.real(x), jnp.imag(x))
-    one = jnp.ones((), parts[0].dtype)
-    down = jnp.ldexp(one, -half), jnp.ldexp(one, half - e)  # 2^-e and 2^e, two normal factors each
-    up = jnp.ldexp(one, half), jnp.ldexp(one, e - half)
+    real = big.dtype
+    down = power_of_two(-half, real), power_of_two(half - e, real)  # 2^-e, 2^e: two normal factors
+    up = power_of_two(half, real), power_of_two(e - half, real)
     # the squares of the parts, not of |x|: XLA would share |x| with the max and keep it whole
     total = sum(jnp.sum((p * down[0] * down[1]) ** 2, axis=(-2, -1), keepdims=True) for p in parts)
     return (jnp.sqrt(total) * up[0] * up[1])[..., 0, 0]
@@ -61,13 +81,13 @@ def unit_scale(big: jax.Array, always: bool = False, to_edge: bool = False) -> j
     outside = (big > 0) & (big < jnp.inf)
     if not always:
         outside = outside & ((big < small) | (big > 1 / small))
-    _, e = jnp.frexp(jnp.where(outside, big, 1))
+    e = exponent(jnp.where(outside, big, 1))
     if to_edge:  # eps / safmin = 2^edge exactly
         edge = -info.minexp - info.nmant  # float32: 126 - 23 = 103
         e = jnp.where(big > 1 / small, e - edge, e)
     # 2^-e stays a normal number: -e in [minexp, maxexp - 1] (float32: 2^-126 to 2^127)
     e = jnp.clip(-e, info.minexp, info.maxexp - 1)
-    return jnp.where(outside, jnp.ldexp(jnp.ones((), big.dtype), e), 1).astype(big.dtype)
+    return jnp.where(outside, power_of_two(e, big.dtype), 1).astype(big.dtype)
 
 
 def scales(a: jax.Array, b: jax.Array, always: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -97,9 +117,9 @@ def regularized(a_scale: jax.Array, lam: jax.Array) -> jax.Array:
     2^-60 to 2^128), and the solve's x' ~ A^H b / (lam a_scale^2) is no smaller than A^H b,
     which b's own scaling up (scales with always) keeps inside the normal range."""
     scale = a_scale[..., 0, 0]
-    _, e = jnp.frexp(jnp.where((lam > 0) & (lam < jnp.inf), lam, 1).astype(scale.dtype))
-    # lam < 2^e, so lam 2^(2 j) < 1 for j = -e // 2
-    cap = jnp.ldexp(jnp.ones((), scale.dtype), jnp.clip(-e // 2, 0, None))
+    e = exponent(jnp.where((lam > 0) & (lam < jnp.inf), lam, 1).astype(scale.dtype))
+    # lam < 2^e, so lam 2^(2 j) < 1 for j = floor(-e / 2)
+    cap = power_of_two(jnp.clip((-e) >> 1, 0, None), scale.dtype)
     return jnp.where((scale > 1) & (lam > 0), jnp.minimum(scale, cap), scale)[..., None, None]
 
 

@@ -18,7 +18,7 @@ import pytest
 from helpers import assert_close, pinv_solve, rtol
 
 import jaxlsq
-from jaxlsq._scaling import frobenius
+from jaxlsq._scaling import exponent, frobenius, power_of_two
 
 # log2 of the scales, beyond safmin / eps and its inverse (about 2^-103 and 2^103 in float32,
 # 2^-970 and 2^970 in float64): tiny (float32 2^-120 ~ 8e-37: an unscaled QR then errs by about
@@ -54,6 +54,37 @@ def _ridge(a, b, lam):
     to underflow."""
     u, s, vh = np.linalg.svd(a, full_matrices=False)
     return vh.T @ ((1 / (s + lam / s))[:, None] * (u.T @ b))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exponents_and_powers_of_two_from_the_bits(dtype):
+    """_scaling.exponent against np.frexp on positive numbers across the whole normal range (every
+    exponent, the smallest and largest normal numbers, each side of powers of two), and
+    power_of_two against np.ldexp for every exponent of the normal range; eagerly and under jit."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(4)
+    ks = np.arange(info.minexp, info.maxexp)
+    x = np.concatenate(
+        [
+            np.ldexp(rng.uniform(0.5, 1.0, ks.size), ks + 1),
+            np.ldexp(1.0, ks),  # exactly 2^k: f = 1/2
+            np.nextafter(np.ldexp(1.0, ks[1:]).astype(dtype), dtype(0)),  # just below 2^k
+            [info.tiny, info.max, 1.0, 0.5, 3.0],
+        ]
+    ).astype(dtype)
+    assert np.all(np.isfinite(x)) and np.all(x >= info.tiny)
+    want = np.frexp(x)[1]
+    want_powers = np.ldexp(np.ones_like(ks, dtype=dtype), ks)
+    for e, p in (
+        (exponent, power_of_two),
+        (jax.jit(exponent), jax.jit(power_of_two, static_argnums=1)),
+    ):
+        got = np.asarray(e(jnp.asarray(x)))
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, want)
+        powers = np.asarray(p(jnp.asarray(ks, jnp.int32), dtype))
+        assert powers.dtype == dtype
+        np.testing.assert_array_equal(powers, want_powers)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])

@@ -338,9 +338,10 @@ def _gathered(whole, room: int, flat):
 # 8) keeps the whole batch's SVD. Until 2026-12-06 a lax.switch picked one of three branches (a
 # room of a 32nd, one of a quarter, the whole batch), each a copy of the solution in the program:
 # the loop over rooms of a 32nd builds the vmapped 10,000 64x8 float32 solve in 1.24 s where the
-# switch took 1.92 (106 fusions where 151), and runs as fast (x alone, float32, one process, 15
-# rounds: 5% rank-deficient 0.90x, 20% 0.97x, 50% 0.88x, 100% 0.89-0.96x, 1% 1.00x; float64 and
-# 1,000 256x32 0.93-1.04x at 1% and 20%); rooms of a 16th or an 8th ran no faster.
+# switch took 1.92 (106 fusions where 151), and runs as fast: interleaved in one process, 10,000
+# 64x8 float32 and float64 and 1,000 256x32, 0-100% rank-deficient, x, every output and
+# value_and_grad, 0.88-1.14x the switch's time over 46 cells, no difference that held in a rerun
+# (float64 1%, x: 1.12x, then 0.93x); rooms of a 16th or an 8th ran no faster.
 FEW_UNSETTLED = 32
 FEW_UNSETTLED_WORK = 256 * 8**3
 _MIXED = {kind: _mixed_batch(kind) for kind in ("tall", "wide")}

@@ -25,7 +25,7 @@ def exponent(x: jax.Array) -> jax.Array:
     A subnormal x (which XLA flushes to zero anyway) gets the least normal exponent, above its
     own."""
     info = jnp.finfo(x.dtype)
-    bits = lax.bitcast_convert_type(x, jnp.int64 if info.bits == 64 else jnp.int32)
+    bits = lax.bitcast_convert_type(x, jnp.dtype(f"int{info.bits}"))
     biased = (bits >> info.nmant) & ((1 << info.nexp) - 1)
     return jnp.maximum(biased, 1).astype(jnp.int32) + jnp.int32(info.minexp)
 
@@ -33,8 +33,7 @@ def exponent(x: jax.Array) -> jax.Array:
 def power_of_two(e: jax.Array, dtype) -> jax.Array:
     """2^e as dtype, for an integer e of the normal range (float32: -126 to 127), from its bits."""
     info = jnp.finfo(dtype)
-    kind = jnp.int64 if info.bits == 64 else jnp.int32
-    biased = (e - info.minexp + 1).astype(kind)
+    biased = (e - info.minexp + 1).astype(jnp.dtype(f"int{info.bits}"))
     return lax.bitcast_convert_type(biased << info.nmant, info.dtype)
 
 

@@ -281,10 +281,12 @@ def _joined(run, axis_size: int, in_batched, args):
 def _room(count: int, order: int) -> int | None:
     """How many unsettled problems of a batch of count (R of the given order) the SVD takes at a
     time (FEW_UNSETTLED); None, the whole batch at once, for a batch whose SVD is under
-    FEW_UNSETTLED_WORK or where _gathers_apply does not."""
-    if count * order**3 < FEW_UNSETTLED_WORK or not _gathers_apply():
+    FEW_UNSETTLED_WORK, where _gathers_apply does not, or where a room would hold the whole batch
+    (one problem: a large matrix)."""
+    room = -(-count // FEW_UNSETTLED)
+    if count * order**3 < FEW_UNSETTLED_WORK or not _gathers_apply() or room >= count:
         return None
-    return -(-count // FEW_UNSETTLED)
+    return room
 
 
 def _gathers_apply() -> bool:
@@ -321,10 +323,13 @@ def _gathered(whole, room: int, flat):
         out = whole((*few, few_flags | (few_picked == count), few_rcond))
         return tuple(x.at[few_picked].set(y, mode="drop") for x, y in zip(answers, out))
 
-    rank = vary_like(jnp.full(flags.shape, r.shape[-1], jnp.int32), flags)
-    s = vary_like(jnp.zeros(r.shape[:-1], real), r)  # the unsettled problems' come from the rooms
+    rank = jnp.full(flags.shape, r.shape[-1], jnp.int32)
+    s = jnp.zeros(r.shape[:-1], real)  # the unsettled problems' come from the rooms
+    # inside shard_map a round's answers vary as all its inputs do (a replicated batch of a with
+    # a sharded b, say), and the loop's carry must be typed so from the start
+    answers = tuple(vary_like(x, *flat) for x in (t, eye, r_inv, s, rank))
     rounds = (jnp.sum(~flags, dtype=jnp.int32) + room - 1) // room
-    t, v, w, s, rank = lax.fori_loop(0, rounds, one_room, (t, eye, r_inv, s, rank))
+    t, v, w, s, rank = lax.fori_loop(0, rounds, one_room, answers)
     values = _values(after(jnp.where(flags[:, None, None], r, eye), s, y_core=2))
     return t, v, w, jnp.where(flags[:, None], values, s), rank
 

@@ -24,12 +24,18 @@ from helpers import (
     compiled,
     count_svds,
     gather_few,
+    loops_calling_svd,
     orthonormal,
     pinv_solve,
     randn,
     with_singular_values,
 )
 from jax.test_util import check_grads
+
+try:
+    from jax import shard_map
+except ImportError:  # JAX before 0.7
+    from jax.experimental.shard_map import shard_map
 
 import jaxlsq
 from jaxlsq import _full_rank, _svd_solve
@@ -486,6 +492,40 @@ def test_gathering_batches_differentiate_in_rcond_and_map_nothing(monkeypatch, r
     sharded = jax.jit(jaxlsq.lstsq)(jax.device_put(a, on_mesh), jax.device_put(b, on_mesh))
     for got, want in zip(sharded, jax.jit(jaxlsq.lstsq)(a, b)):
         assert_same_to_rounding(got, want)
+
+
+@pytest.mark.parametrize("specs", ["a replicated", "b replicated", "both sharded"])
+@pytest.mark.parametrize("kind", ["tall", "wide"])
+def test_gathering_under_shard_map(monkeypatch, request, kind, specs):
+    """The rooms' loop inside shard_map over a one-device mesh (where it runs: _gathers_apply),
+    with a batch of a and of b each sharded or replicated: its carry is typed to vary as every
+    input does. A replicated batch of wide a with a sharded b failed to trace (the carry's
+    R^{-1} was typed replicated, the rounds' answers varying; found by a review). Every output
+    and the gradients as the unsharded solve's, and the loop in the program."""
+    gather_few(monkeypatch, request, work=8)
+    rng = np.random.default_rng(6)
+    m, n = SHAPES[kind]
+    a, bad = batch_with_unsettled(rng, m, n, 5)
+    a[bad] = 0.0  # finite: the gradients are compared too
+    b = randn(rng, (24, m, 2))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("p",))
+    p, whole = jax.sharding.PartitionSpec("p"), jax.sharding.PartitionSpec()
+    in_specs = {"a replicated": (whole, p), "b replicated": (p, whole), "both sharded": (p, p)}
+
+    def outputs(a, b):
+        return tuple(jaxlsq.lstsq(a, b))
+
+    def grads(a, b):
+        return jax.grad(lambda a, b: jnp.sum(jaxlsq.lstsq(a, b).x ** 2), argnums=(0, 1))(a, b)
+
+    for f, out_specs in ((outputs, (p,) * 4), (grads, (p, p))):
+        if f is grads and jax.__version_info__ < (0, 7):  # see test_sharding._grad_under_shard_map
+            continue
+        per_shard = shard_map(f, mesh=mesh, in_specs=in_specs[specs], out_specs=out_specs)
+        assert loops_calling_svd(per_shard, a, b) >= 1, f.__name__
+        got, want = jax.jit(per_shard)(a, b), jax.jit(f)(a, b)
+        for g, w in zip(got, want):
+            assert_same_to_rounding(g, w, err_msg=f.__name__)
 
 
 @pytest.mark.parametrize("mapped", [3, 4])

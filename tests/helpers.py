@@ -192,20 +192,28 @@ def _computations(text: str) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+def _calls(comps: dict[str, list[tuple[str, str]]], pattern: re.Pattern):
+    """A test on the computations of comps: does one hold a line matching pattern, directly or
+    through the computations it calls?"""
+    memo = {}
+
+    def calls(comp: str) -> bool:
+        if comp not in memo:
+            memo[comp] = False  # a computation reached again on its own path adds nothing
+            memo[comp] = any(
+                pattern.search(rest) or any(calls(c) for c in _callees(rest))
+                for _, rest in comps.get(comp, [])
+            )
+        return memo[comp]
+
+    return calls
+
+
 def loops_calling_svd(f, *args) -> int:
     """How many while loops of the compiled program of f(*args) call LAPACK's SVD in their body
     (directly or through the computations it calls)."""
     comps = _computations(compiled(f, *args).as_text())
-
-    def calls_svd(comp, seen):
-        if comp in seen:
-            return False
-        seen.add(comp)
-        return any(
-            SVD_CALL.search(rest) or any(calls_svd(c, seen) for c in _callees(rest))
-            for _, rest in comps.get(comp, [])
-        )
-
+    calls_svd = _calls(comps, SVD_CALL)
     bodies = [
         body
         for lines in comps.values()
@@ -213,7 +221,7 @@ def loops_calling_svd(f, *args) -> int:
         if " while(" in rest.split(", metadata=")[0]
         for body in re.findall(r"body=%([\w.\-]+)", rest)
     ]
-    return sum(calls_svd(body, set()) for body in bodies)
+    return sum(calls_svd(body) for body in bodies)
 
 
 def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
@@ -222,17 +230,7 @@ def unordered_lapack_calls(f, *args) -> list[tuple[str, str]]:
     0.10's batched kernels can deadlock when such calls run at the same time (jaxlsq/_order.py).
     """
     comps = _computations(compiled(f, *args).as_text())
-    memo = {}
-
-    def calls_lapack(comp):
-        if comp not in memo:
-            memo[comp] = False
-            memo[comp] = any(
-                LAPACK_CALL.search(rest) or any(calls_lapack(c) for c in _callees(rest))
-                for _, rest in comps.get(comp, [])
-            )
-        return memo[comp]
-
+    calls_lapack = _calls(comps, LAPACK_CALL)
     pairs = []
     for lines in comps.values():
         deps = {

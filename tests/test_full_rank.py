@@ -434,19 +434,25 @@ def test_few_unsettled_members_alone_take_the_svd(monkeypatch, request, kind, fo
         r = solve(a, b)
         return jnp.sum(r.x**2) + jnp.sum(r.residuals)
 
-    for unsettled, rounds in ((2, 1), (3, 1), (5, 2), (14, 5), (24, 8)):
-        a, bad = batch_with_unsettled(rng, m, n, unsettled)
-        outs = {}
-        for least, name in ((8, "rooms"), (1 << 30, "whole")):
-            monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", least)
-            jax.clear_caches()  # lstsq's programs were traced with the other constants
+    rounds = {2: 1, 3: 1, 4: 2, 5: 2, 14: 5, 24: 8}  # unsettled: rounds of rooms of 3
+    batches = {u: batch_with_unsettled(rng, m, n, u) for u in rounds}
+    outs = {}
+    for least, name in ((8, "rooms"), (1 << 30, "whole")):
+        monkeypatch.setattr(_full_rank, "FEW_UNSETTLED_WORK", least)
+        jax.clear_caches()  # lstsq's programs were traced with the other constants
+        # one program per route: the rounds are counted at run time, not traced per count
+        solved, grads = jax.jit(solve), jax.jit(jax.grad(loss, argnums=(0, 1)))
+        for unsettled, (a, _) in batches.items():
             ran.clear()
-            outs[name] = jax.block_until_ready(jax.jit(solve)(a, b))
-            assert ran == ([3] * rounds if name == "rooms" else [24]), (unsettled, name, ran)
-            outs[name] = outs[name], jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
-        for got, want in zip(jax.tree.leaves(outs["rooms"]), jax.tree.leaves(outs["whole"])):
+            out = jax.block_until_ready(solved(a, b))
+            want_ran = [3] * rounds[unsettled] if name == "rooms" else [24]
+            assert ran == want_ran, (unsettled, name, ran)
+            outs[name, unsettled] = out, grads(a, b)
+    for unsettled, (a, bad) in batches.items():
+        rooms, whole = outs["rooms", unsettled], outs["whole", unsettled]
+        for got, want in zip(jax.tree.leaves(rooms), jax.tree.leaves(whole)):
             assert_same_to_rounding(got, want, err_msg=f"{unsettled} unsettled")
-        result = outs["rooms"][0]
+        result = rooms[0]
         for i in range(24):
             member = jaxlsq.LstsqResult(*(out[i] for out in result))
             if i == bad:
@@ -614,6 +620,11 @@ def scalar(solve, weights):
 @pytest.mark.parametrize("kind", SHAPES)
 def test_first_order_matches_the_pinv_rule_and_finite_differences(kind, complex_):
     rng = np.random.default_rng(4)
+
+    def gradient(solve):  # in (a, b), one program for every case
+        return jax.jit(jax.grad(lambda a, b, w: scalar(solve, w)(a, b), argnums=(0, 1)))
+
+    gradients = gradient(x_and_residuals), gradient(through_the_pinv_rule)
     for name, a in full_rank_cases(rng, kind, complex_).items():
         m, n = a.shape
         b, db = randn(rng, (m, 2), complex_), randn(rng, (m, 2), complex_)
@@ -630,12 +641,11 @@ def test_first_order_matches_the_pinv_rule_and_finite_differences(kind, complex_
         minus = x_and_residuals(a - h * da, b - h * db)[0]
         assert_close(got[1][0], (plus - minus) / (2 * h), 1e-6, err_msg=name)
         f = scalar(x_and_residuals, weights)
-        grads = jax.jit(jax.grad(f, argnums=(0, 1)))(a, b)
+        grads, want_grads = (g(a, b, weights) for g in gradients)
         # JAX's gradient of a real f in complex z is df/dRe(z) - i df/dIm(z): df = Re(g dz)
         reverse = sum(np.real(np.sum(g * d)) for g, d in zip(grads, (da, db)))
         forward = jax.jvp(f, (a, b), (da, db))[1]
         assert_close(reverse, forward, 1e-10, err_msg=name)
-        want_grads = jax.grad(scalar(through_the_pinv_rule, weights), argnums=(0, 1))(a, b)
         for g, w in zip(grads, want_grads):
             assert_close(g, w, 1e-9, err_msg=name)
 
@@ -647,16 +657,19 @@ def batch_of_one(a, b):
 @pytest.mark.parametrize("kind", SHAPES)
 def test_hessian_matches_pinv(kind):
     rng = np.random.default_rng(5)
+
+    def hessian(solve):  # in a, one program for every case
+        return jax.jit(jax.hessian(lambda a, b: jnp.sum(solve(a, b) ** 2)))
+
+    hessians = [
+        hessian(lambda a, b: jaxlsq.lstsq(a, b).x),
+        hessian(lambda a, b: jnp.linalg.pinv(a) @ b),
+        hessian(batch_of_one),  # the batch's shortcut
+    ]
     for name, a in full_rank_cases(rng, kind, False).items():
         m, n = a.shape
         b = randn(rng, (m,))
-
-        def loss(solve):
-            return lambda a: jnp.sum(solve(a, b) ** 2)
-
-        got = jax.jit(jax.hessian(loss(lambda a, b: jaxlsq.lstsq(a, b).x)))(a)
-        by_pinv = jax.hessian(loss(lambda a, b: jnp.linalg.pinv(a) @ b))(a)
-        as_a_batch = jax.jit(jax.hessian(loss(batch_of_one)))(a)  # the batch's shortcut
+        got, by_pinv, as_a_batch = (h(a, b) for h in hessians)
         scale = np.abs(by_pinv).max()
         assert_close(got, by_pinv, 1e-8, atol_scale=scale, err_msg=name)
         assert_close(as_a_batch, by_pinv, 1e-8, atol_scale=scale, err_msg=name)
@@ -688,20 +701,21 @@ def test_the_large_form_of_the_rule_gives_the_same_derivatives(monkeypatch, requ
         return jnp.sum(r.x**2) + jnp.sum(r.residuals)
 
     request.addfinalizer(jax.clear_caches)  # no program traced with a forced form stays
-    for which in ("full", "mixed"):
-        a = members(rng, m, n, which)
-        outs = {}
-        for large, name in ((True, "large"), (False, "small")):
-            monkeypatch.setattr(_svd_solve, "_large_form", lambda a, x, copies, large=large: large)
-            jax.clear_caches()  # lstsq's programs were traced with the other form
-            first = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
-            second = jax.jit(jax.hessian(lambda a: loss(a, b)))(a)
-            outs[name] = first, second
-        for got, want in zip(jax.tree.leaves(outs["large"]), jax.tree.leaves(outs["small"])):
+    batches = {which: members(rng, m, n, which) for which in ("full", "mixed")}
+    outs = {}
+    for large, name in ((True, "large"), (False, "small")):
+        monkeypatch.setattr(_svd_solve, "_large_form", lambda a, x, copies, large=large: large)
+        jax.clear_caches()  # lstsq's programs were traced with the other form
+        first, second = jax.jit(jax.grad(loss, argnums=(0, 1))), jax.jit(jax.hessian(loss))
+        for which, a in batches.items():
+            outs[name, which] = first(a, b), second(a, b)
+    for which, a in batches.items():
+        by_large, by_small = outs["large", which], outs["small", which]
+        for got, want in zip(jax.tree.leaves(by_large), jax.tree.leaves(by_small)):
             assert_close(got, want, 1e-10, err_msg=which)
         for i in range(4):
             want = jax.grad(scalar(through_the_pinv_rule, 0.0), argnums=(0, 1))(a[i], b[i])
-            for g, w in zip(outs["large"][0], want):
+            for g, w in zip(by_large[0], want):
                 assert_close(g[i], w, 1e-9, err_msg=f"{which} member {i}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -192,7 +193,7 @@ def _computations(text: str) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def _calls(comps: dict[str, list[tuple[str, str]]], pattern: re.Pattern):
+def _calls(comps: dict[str, list[tuple[str, str]]], pattern: re.Pattern) -> Callable[[str], bool]:
     """A test on the computations of comps: does one hold a line matching pattern, directly or
     through the computations it calls?"""
     memo = {}

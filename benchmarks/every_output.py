@@ -67,7 +67,7 @@ def main() -> None:
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {args.rounds} rounds")
     print(
         "| shape | dtype | x: jaxlsq / jnp | every output: jaxlsq / jnp "
-        "| jaxlsq ms | jnp ms | jaxlsq every output / x |"
+        "| every output, jaxlsq ms | jnp ms | jaxlsq every output / x |"
     )
     print("|---|---|---|---|---|---|---|")
     for problems, m, n, k in CASES:

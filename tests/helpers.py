@@ -11,6 +11,12 @@ import numpy as np
 
 from jaxlsq import _full_rank
 
+# shard_map for the tests, on every JAX that pyproject admits
+try:
+    from jax import shard_map  # noqa: F401
+except ImportError:  # JAX before 0.7
+    from jax.experimental.shard_map import shard_map  # noqa: F401
+
 # Relative tolerances by dtype for solutions and derivatives of well-posed problems.
 RTOL = {
     np.dtype(np.float32): 2e-4,

@@ -28,14 +28,10 @@ from helpers import (
     orthonormal,
     pinv_solve,
     randn,
+    shard_map,
     with_singular_values,
 )
 from jax.test_util import check_grads
-
-try:
-    from jax import shard_map
-except ImportError:  # JAX before 0.7
-    from jax.experimental.shard_map import shard_map
 
 import jaxlsq
 from jaxlsq import _full_rank, _svd_solve

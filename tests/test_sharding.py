@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, collective_sizes, collectives, randn
+from helpers import assert_close, collective_sizes, collectives, randn, shard_map
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -61,12 +61,6 @@ def test_batch_sharded_solves_stay_local(shape, devices):
     np.testing.assert_array_equal(plain.rank, plain_ref.rank)
     for got, want in zip(g, g_ref):
         assert_close(got, want, 1e-10)
-
-
-try:
-    from jax import shard_map
-except ImportError:  # JAX before 0.7
-    from jax.experimental.shard_map import shard_map
 
 
 def _grad_under_shard_map() -> bool:

@@ -45,7 +45,8 @@ the branch costs what that SVD alone did. In a batch large enough (FEW_UNSETTLED
 CPU device) the SVD takes only the unsettled problems, gathered a 32nd of the batch at a time, in
 a loop of as many rounds as they fill (_mixed_batch; 1% rank-deficient: one round, 0.65x the time
 of the identity-padded SVD of every R). The second step (the values alone) is left out for
-batches, where the values cost about as much as the SVD of the small factors with vectors. The
+batches, where LAPACK's values cost about as much as the SVD of the small factors with vectors
+(measured before the Jacobi sweeps; not measured again for the batches that take them). The
 decision is global to the batch: a batch sharded over devices exchanges this one boolean. _single
 tells a vmapped matrix from a single one (its rule makes it the constant False under vmap).
 
@@ -397,8 +398,8 @@ MIXED_BUFFERS = 8
 # Batches of at least JACOBI_BATCH real factors R of order up to JACOBI_ORDER take their singular
 # values by Jacobi sweeps over the whole batch at once (_jacobi), on CPU, where LAPACK's gesdd
 # makes one call per problem (about 4-6 us on an 8 x 8 factor, most of it the call). Values alone,
-# 15 interleaved rounds in one process, 2 CPU cores: 10,000 8 x 8 factors of random 64 x 8
-# matrices float32 0.30-0.36x gesdd's time, float64 0.55-0.74x; order 12 float32 0.55-0.61x,
+# 11-15 interleaved rounds in one process, 2 CPU cores: 10,000 8 x 8 factors of random 64 x 8
+# matrices float32 0.30-0.36x gesdd's time, float64 0.55-0.87x; order 12 float32 0.55-0.61x,
 # float64 1.1-1.6x; order 16 1.6x (float32). Accelerators keep their batched SVD (not timed there).
 JACOBI_ORDER = 8
 JACOBI_BATCH = 1024
@@ -409,7 +410,7 @@ def _values_alone(r: jax.Array) -> jax.Array:
     """R's singular values, without vectors: by Jacobi sweeps for a large batch of small real
     factors on CPU (JACOBI_BATCH, JACOBI_ORDER), otherwise by LAPACK's gesdd."""
     count = math.prod(r.shape[:-2])
-    small = r.shape[-1] <= JACOBI_ORDER and count >= JACOBI_BATCH
+    small = 1 <= r.shape[-1] <= JACOBI_ORDER and count >= JACOBI_BATCH
     if small and jnp.isrealobj(r) and jax.default_backend() == "cpu":
         return jacobi_values(r)
     return jnp.linalg.svd(r, compute_uv=False)

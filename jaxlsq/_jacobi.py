@@ -9,24 +9,29 @@ Each sweep rotates every pair of columns (p, q) so that they become orthogonal: 
 alpha = ||a_p||^2, beta = ||a_q||^2, gamma = a_p^H a_q and zeta = (beta - alpha) / (2 gamma), the
 rotation [[c, s], [-s, c]] with t = s / c = sign(zeta) / (|zeta| + sqrt(1 + zeta^2)) (the smaller
 root) zeroes the pair's inner product. A pair whose cosine |gamma| / sqrt(alpha beta) is already
-at most n eps is left as it is (an exact identity: c = 1, s = 0). When a sweep rotates no pair of
-any problem the columns are orthogonal to working accuracy and their norms are the singular values,
-each to high relative accuracy (Demmel and Veselic 1992): the Gram matrix of the columns is then
-D (I + E) D with |E_ij| <= n eps, so each value moves by at most a relative (n - 1) n eps / 2,
-against gesdd's error of a few eps times the largest value. A problem whose sweep rotates nothing
-is unchanged by the sweeps the rest of its batch still takes, so its values do not depend on the
-batch around it.
+at most n eps is left as it is (exactly: c = 1, s = 0), and so is a pair whose norms multiply to
+less than tiny / eps: there the squares and products of the entries leave the normal range, the
+computed gamma is rounding left by flushed products, and its rotation would change nothing, sweep
+after sweep. The loop ends after the first sweep that rotates no pair of any problem; the column
+norms are then the singular values. A problem whose sweep rotates nothing is unchanged by the
+sweeps the rest of its batch still takes, so its values do not depend on the batch around it.
+
+Accuracy: as gesdd's, a few eps times the largest value, always; and where R = B D with B's
+columns of unit norm, each value to a relative error of about n eps cond(B) (Demmel and Veselic
+1992), which gesdd does not promise: graded columns keep their small values. Values below about
+sqrt(tiny / eps) of the largest entry (float32 3e-16, float64 1e-146) have the absolute accuracy
+only, and those below sqrt(tiny) (squares flushed to zero: 1e-19, 1e-154) may come out as zero.
 
 The pairs of a sweep are taken n / 2 at a time, disjoint, in the round-robin (caterpillar) order of
 Brent and Luk (1985), so that each step is one vector operation over the pairs and the problems.
 XLA's CPU reductions over a non-minor axis are slow (a sum over the leading axis of a 64x9x10,000
 array took 35 ms, over the minor one 1.7), so the column sums are written out as additions.
 
-Measured on 2 CPU cores (one process, 15 interleaved rounds, 10,000 8 x 8 factors R of random
-64 x 8 matrices): float32 19.7-21.4 ms against gesdd's 58.6-61.9 (0.32-0.36x), 7 sweeps; float64
-43-49 ms against 67-68 (0.65-0.74x), 8 sweeps; largest relative error per value 7.2e-7 against
-gesdd's 5.4e-6 in float32 (float64 NumPy reference). At order 16 the sweeps cost more than gesdd
-(179 ms against 113 for 10,000 float32 factors), so larger factors keep gesdd.
+Measured on 2 CPU cores (one process, 11-15 interleaved rounds, 10,000 8 x 8 factors R of random
+64 x 8 matrices, four processes): float32 0.30-0.36x of gesdd's time (7 sweeps: 17-21 ms against
+50-62), float64 0.55-0.87x (8 sweeps: 39-49 ms against 44-75); largest relative error per value
+7.2e-7 against gesdd's 5.4e-6 in float32 (float64 NumPy reference). At order 16 the sweeps cost
+more than gesdd (179 ms against 113 for 10,000 float32 factors), so larger factors keep gesdd.
 
 References: M. R. Hestenes, Inversion of matrices by biorthogonalization and related results
 (1958); R. P. Brent and F. T. Luk, The solution of singular-value and symmetric eigenvalue
@@ -43,13 +48,18 @@ from jax import lax
 from ._factor import vary_like
 from ._scaling import largest, unit_scale
 
-# A cap on the sweeps; the batches above converge in 7-8. A batch that reaches it still has
-# values from orthogonalized columns (each sweep only reduces the off-diagonal mass).
+# A cap on the sweeps; the batches above converge in 7-8. A batch that reaches it has not converged
+# (no input of the tests does): its values are the column norms after the last sweep.
 MAX_SWEEPS = 30
 
 
 def jacobi_values(r: jax.Array) -> jax.Array:
-    """The singular values, descending, of each real (..., n, n) matrix in r.
+    """The singular values, descending, of each real (..., n, n) matrix in r (n >= 1)."""
+    return values_and_sweeps(r)[0]
+
+
+def values_and_sweeps(r: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """jacobi_values(r), and the number of sweeps its batch took (int32; MAX_SWEEPS at most).
 
     Each matrix is first scaled by a power of two (exact) to a largest entry in [1/2, 1), where
     the squared column norms cannot overflow."""
@@ -59,17 +69,19 @@ def jacobi_values(r: jax.Array) -> jax.Array:
     if n % 2:  # an even count of columns for the pairing; a zero column never rotates
         cols = jnp.concatenate([cols, jnp.zeros_like(cols[:1])])
     half = cols.shape[0] // 2
-    tol = n * jnp.finfo(r.dtype).eps
+    info = jnp.finfo(r.dtype)
+    tol, floor = n * info.eps, info.tiny / info.eps
 
     def step(top, bottom):  # rotate the pairs (top[i], bottom[i]), then pass to the next pairing
         alpha, beta = _sum_rows(top * top), _sum_rows(bottom * bottom)
         gamma = _sum_rows(top * bottom)
-        rotate = jnp.abs(gamma) > tol * jnp.sqrt(alpha) * jnp.sqrt(beta)
+        norms = jnp.sqrt(alpha) * jnp.sqrt(beta)
+        rotate = (jnp.abs(gamma) > tol * norms) & (norms > floor)
         zeta = (beta - alpha) / (2 * jnp.where(rotate, gamma, 1))
         sign = jnp.where(zeta < 0, -1, 1).astype(r.dtype)
         t = jnp.where(rotate, sign / (jnp.abs(zeta) + jnp.hypot(1, zeta)), 0)
-        c = lax.rsqrt(1 + t * t)[:, None]
-        s = c * t[:, None]
+        c = jnp.where(rotate, lax.rsqrt(1 + t * t), 1)[:, None]  # exactly 1 where not rotating
+        s = c * t[:, None]  # 0 there; unmasked, so that a NaN in one column reaches the other
         top, bottom = c * top - s * bottom, s * top + c * bottom
         if half > 1:  # the caterpillar: the first column stays, the others move round the ring
             top, bottom = (
@@ -90,12 +102,12 @@ def jacobi_values(r: jax.Array) -> jax.Array:
         return carry[2] & (carry[3] < MAX_SWEEPS)
 
     # inside shard_map the flag varies as r does (each device loops for its own problems)
-    start = (cols[:half], cols[half:], vary_like(jnp.ones((), bool), r), 0)
-    top, bottom, _, _ = lax.while_loop(going, sweep, start)
+    start = (cols[:half], cols[half:], vary_like(jnp.ones((), bool), r), jnp.int32(0))
+    top, bottom, _, count = lax.while_loop(going, sweep, start)
     cols = jnp.concatenate([top, bottom])
     norms = jnp.sqrt(_sum_rows(cols * cols))  # (columns, ...)
     values = -jnp.sort(-norms, axis=0)[:n]  # descending; a padded column's zero is the last
-    return jnp.moveaxis(values, 0, -1) / scale[..., 0]
+    return jnp.moveaxis(values, 0, -1) / scale[..., 0], count
 
 
 def _sum_rows(x: jax.Array) -> jax.Array:

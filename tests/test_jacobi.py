@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, assert_same_to_rounding, count_svds, shard_map
+from helpers import assert_close, assert_same_to_rounding, compiled, count_svds, shard_map
+from scipy.linalg import lapack
 
 import jaxlsq
+from jaxlsq import _full_rank
 from jaxlsq._full_rank import JACOBI_BATCH, JACOBI_ORDER
-from jaxlsq._jacobi import jacobi_values
+from jaxlsq._jacobi import MAX_SWEEPS, jacobi_values, values_and_sweeps
 
 DTYPES = [np.float32, np.float64]
 
@@ -24,11 +26,13 @@ def hard_factors(rng, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """Upper triangular factors R = qr(G D) of order n, G Gaussian (well-conditioned columns) and
     D a diagonal scaling, and the condition number of each R D^-1 (Demmel and Veselic: the
     values of B D are found to a relative accuracy of about eps cond(B)): D spreads the columns
-    over half the dtype's exponent range, clusters them, repeats them or zeroes some."""
-    tiny = np.sqrt(np.finfo(dtype).tiny)  # no square of an entry below the normal range
+    down to 100 sqrt(tiny / eps) (the sweeps' limit for relative accuracy), clusters them,
+    repeats them or zeroes some."""
+    info = np.finfo(dtype)
+    least = 100 * np.sqrt(info.tiny / info.eps)
     spreads = [
         np.ones(n),
-        np.geomspace(1, tiny * 1e4, n),  # graded over half the range
+        np.geomspace(1, least, n),  # graded over about half the exponent range
         np.where(np.arange(n) % 2, 1.0, 1 + 1e-3 * np.arange(n)),  # clustered pairs
         np.where(np.arange(n) < n // 2, 1.0, 0.0),  # exact zeros: zero columns
     ]
@@ -38,26 +42,56 @@ def hard_factors(rng, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return rs, conds
 
 
+def accurate_values(rs: np.ndarray) -> np.ndarray:
+    """The singular values of each float64 matrix of rs (k, n, n), descending, by LAPACK's
+    preconditioned Jacobi SVD (dgejsv, JOBA = 'C': high relative accuracy for column-scaled
+    matrices), which gesdd does not promise."""
+    values = []
+    for r in rs:
+        sva, _, _, work, _, info = lapack.dgejsv(r, joba=0, jobu=3, jobv=3)
+        assert info == 0
+        values.append(np.sort(sva * (work[0] / work[1]))[::-1])
+    return np.array(values)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 2, 5, JACOBI_ORDER])
 def test_values_to_high_relative_accuracy(n, dtype):
     """Every value of each hard factor (in one batch, with leading dimensions) within a relative
-    8 n eps cond(B) of NumPy's float64 values, zeros exactly zero; also at both ends of the
-    exponent range (the squared column norms would overflow or underflow unscaled)."""
+    8 n eps cond(B) of LAPACK's Jacobi SVD in float64, zeros exactly zero; also scaled to both
+    ends of the exponent range (the squared column norms would overflow or underflow unscaled),
+    with no entry subnormal (XLA would flush it)."""
     rng = np.random.default_rng(n)
     rs, conds = hard_factors(rng, n, dtype)
-    huge = np.finfo(dtype).max / 16
-    rs = np.concatenate([rs, rs[:1] * huge, rs[:1] * np.finfo(dtype).tiny * 1e3])
+    info = np.finfo(dtype)
+    rs = np.concatenate([rs, rs[:1] * (info.max / 16), rs[:1] * (info.tiny * 2.0**40)])
     conds = np.concatenate([conds, conds[:1], conds[:1]])
     rs_typed = rs.astype(dtype)
-    want = np.linalg.svd(rs_typed.astype(np.float64), compute_uv=False)
+    assert np.all((rs_typed == 0) | (np.abs(rs_typed) >= info.tiny))
+    want = accurate_values(rs_typed.astype(np.float64))
     got = np.asarray(jax.jit(jacobi_values)(jnp.asarray(rs_typed).reshape(-1, 1, n, n)))
     got = got.reshape(want.shape).astype(np.float64)
-    assert got.dtype == want.dtype and np.all(np.diff(got, axis=-1) <= 0)  # descending
-    bound = 8 * n * np.finfo(dtype).eps * conds[:, None]
+    assert np.all(np.diff(got, axis=-1) <= 0)  # descending
+    bound = 8 * n * info.eps * conds[:, None]
     zero = want == 0
     assert np.all(got[zero] == 0)
     assert np.all(np.abs(got - want)[~zero] <= (bound * want)[~zero])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_columns_beyond_the_normal_range_stop_the_sweeps(dtype):
+    """A column whose squared norm flushes to zero (below sqrt(tiny) of the largest entry) left
+    its inner product with the other column at a rounding residue above the cutoff, and the
+    sweeps ran to their cap (MAX_SWEEPS) without changing a bit. Now such pairs are not rotated:
+    a few sweeps, and the values within gesdd's absolute accuracy (a few eps of the largest)."""
+    small = {np.float32: 1e-21, np.float64: 1e-159}[dtype]
+    r = np.array([[-1.49, 0.4 * small], [0.9, -2.3 * small]])
+    rs = np.stack([r, np.triu(r), r.T, np.diag([1.0, small])]).astype(dtype)
+    values, count = jax.jit(values_and_sweeps)(jnp.asarray(rs))
+    assert int(count) <= 3 < MAX_SWEEPS
+    want = np.linalg.svd(rs.astype(np.float64), compute_uv=False)
+    error = np.abs(np.asarray(values, np.float64) - want)
+    assert np.all(error <= 4 * np.finfo(dtype).eps * want[:, :1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -77,13 +111,43 @@ def test_a_problems_values_do_not_depend_on_its_batch(dtype):
     assert_close(mixed[0], np.linalg.svd(easy, compute_uv=False), 8 * n * np.finfo(dtype).eps)
 
 
-def test_non_finite_factors_give_non_finite_values():
-    """A NaN in a factor makes its values NaN, never finite and wrong; the others are unaffected."""
-    r = np.triu(np.random.default_rng(2).standard_normal((3, 4, 4))) + 2 * np.eye(4)
-    r[1, 0, 2] = np.nan
-    got = np.asarray(jacobi_values(jnp.asarray(r)))
-    assert np.all(np.isnan(got[1]))
+@pytest.mark.parametrize("n", [3, 4])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_factors_give_non_finite_values(bad, n):
+    """A NaN or an infinity in a factor leaves none of its values finite (the padded column of an
+    odd order included), never finite and wrong, and stops the sweeps; the others are NumPy's."""
+    r = np.triu(np.random.default_rng(2).standard_normal((3, n, n))) + 2 * np.eye(n)
+    r[1, 0, 2] = bad
+    values, count = values_and_sweeps(jnp.asarray(r))
+    got = np.asarray(values)
+    assert not np.any(np.isfinite(got[1]))
+    assert int(count) < MAX_SWEEPS
     assert_close(got[[0, 2]], np.linalg.svd(r[[0, 2]], compute_uv=False), 1e-14)
+
+
+def test_which_factors_take_the_sweeps(monkeypatch, request):
+    """The sweeps for at least JACOBI_BATCH real factors of order 1 to JACOBI_ORDER, gesdd for the
+    rest (a smaller batch, a larger order, complex factors, order 0); and through the chunks of
+    a large batch (_in_chunks vmaps each chunk's problems, which join through _values_alone's
+    rule): the same values, bit for bit, as the sweeps over the whole batch."""
+    values = _full_rank._values
+    for shape, dtype, swept in [
+        ((JACOBI_BATCH, JACOBI_ORDER, JACOBI_ORDER), np.float64, True),
+        ((JACOBI_BATCH, 1, 1), np.float32, True),
+        ((JACOBI_BATCH - 1, JACOBI_ORDER, JACOBI_ORDER), np.float64, False),
+        ((JACOBI_BATCH, JACOBI_ORDER + 1, JACOBI_ORDER + 1), np.float64, False),
+        ((JACOBI_BATCH, JACOBI_ORDER, JACOBI_ORDER), np.complex128, False),
+    ]:
+        r = jnp.zeros(shape, dtype)
+        assert count_svds(values, r, values_only=True) == (0 if swept else 1), (shape, dtype)
+    rng = np.random.default_rng(5)
+    r = np.triu(rng.standard_normal((2 * JACOBI_BATCH, JACOBI_ORDER, JACOBI_ORDER)))
+    monkeypatch.setattr(_full_rank, "_chunks_apply", lambda: True)  # the tests simulate 8 devices
+    monkeypatch.setattr(_full_rank, "CHUNK_BYTES", 1)  # chunks of the least size, JACOBI_BATCH
+    jax.clear_caches()
+    request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
+    assert compiled(values, r).as_text().count(" while(") == 2  # the chunks' and the sweeps'
+    np.testing.assert_array_equal(jax.jit(values)(r), jax.jit(jacobi_values)(r))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

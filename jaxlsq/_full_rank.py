@@ -398,8 +398,8 @@ MIXED_BUFFERS = 8
 # Batches of at least JACOBI_BATCH real factors R of order up to JACOBI_ORDER take their singular
 # values by Jacobi sweeps over the whole batch at once (_jacobi), on CPU, where LAPACK's gesdd
 # makes one call per problem (about 4-6 us on an 8 x 8 factor, most of it the call). Values alone,
-# 11-15 interleaved rounds in one process, 2 CPU cores: 10,000 8 x 8 factors of random 64 x 8
-# matrices float32 0.30-0.36x gesdd's time, float64 0.55-0.87x; order 12 float32 0.55-0.61x,
+# 15 interleaved rounds in each of two processes, 2 CPU cores: 10,000 8 x 8 factors of random
+# 64 x 8 matrices float32 0.34-0.55x gesdd's time, float64 0.66-0.91x; order 12 float32 0.55-0.61x,
 # float64 1.1-1.6x; order 16 1.6x (float32). Accelerators keep their batched SVD (not timed there).
 JACOBI_ORDER = 8
 JACOBI_BATCH = 1024

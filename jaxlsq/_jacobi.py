@@ -9,11 +9,12 @@ Each sweep rotates every pair of columns (p, q) so that they become orthogonal: 
 alpha = ||a_p||^2, beta = ||a_q||^2, gamma = a_p^H a_q and zeta = (beta - alpha) / (2 gamma), the
 rotation [[c, s], [-s, c]] with t = s / c = sign(zeta) / (|zeta| + sqrt(1 + zeta^2)) (the smaller
 root) zeroes the pair's inner product. A pair whose cosine |gamma| / sqrt(alpha beta) is already
-at most n eps is left as it is (exactly: c = 1, s = 0), and so is a pair whose norms multiply to
-less than tiny / eps: there the squares and products of the entries leave the normal range, the
-computed gamma is rounding left by flushed products, and its rotation would change nothing, sweep
-after sweep. The loop ends after the first sweep that rotates no pair of any problem; the column
-norms are then the singular values. A problem whose sweep rotates nothing is unchanged by the
+at most n eps is left as it is (exactly: c = 1, s = 0). The loop ends after the first sweep that
+rotates no pair of any problem, not counting pairs whose norms multiply to less than tiny / eps:
+there the squares of the entries leave the normal range (a squared norm flushed to zero makes
+every inner product look large), and such a pair, rotated again and again by amounts below the
+rounding of the larger columns, kept the sweeps going to their cap. The column norms are then the
+singular values. A problem whose sweep rotates nothing is unchanged by the
 sweeps the rest of its batch still takes, so its values do not depend on the batch around it.
 
 Accuracy: as gesdd's, a few eps times the largest value, always; and where R = B D with B's
@@ -27,11 +28,12 @@ Brent and Luk (1985), so that each step is one vector operation over the pairs a
 XLA's CPU reductions over a non-minor axis are slow (a sum over the leading axis of a 64x9x10,000
 array took 35 ms, over the minor one 1.7), so the column sums are written out as additions.
 
-Measured on 2 CPU cores (one process, 11-15 interleaved rounds, 10,000 8 x 8 factors R of random
-64 x 8 matrices, four processes): float32 0.30-0.36x of gesdd's time (7 sweeps: 17-21 ms against
-50-62), float64 0.55-0.87x (8 sweeps: 39-49 ms against 44-75); largest relative error per value
-7.2e-7 against gesdd's 5.4e-6 in float32 (float64 NumPy reference). At order 16 the sweeps cost
-more than gesdd (179 ms against 113 for 10,000 float32 factors), so larger factors keep gesdd.
+Measured on 2 CPU cores (10,000 8 x 8 factors R of random 64 x 8 matrices, 15 interleaved rounds
+in each of two processes): float32 0.34-0.55x of gesdd's time (7 sweeps: 17.8-20.8 ms against
+32.2-62.0), float64 0.66-0.91x (7 sweeps: 33.7-40.5 ms against 37.0-61.3); largest relative error
+per value 7.0e-7 against gesdd's 5.3e-6 in float32 (float64 NumPy reference). At order 16 the
+sweeps cost more than gesdd (179 ms against 113 for 10,000 float32 factors), so larger factors
+keep gesdd.
 
 References: M. R. Hestenes, Inversion of matrices by biorthogonalization and related results
 (1958); R. P. Brent and F. T. Luk, The solution of singular-value and symmetric eigenvalue
@@ -76,7 +78,7 @@ def values_and_sweeps(r: jax.Array) -> tuple[jax.Array, jax.Array]:
         alpha, beta = _sum_rows(top * top), _sum_rows(bottom * bottom)
         gamma = _sum_rows(top * bottom)
         norms = jnp.sqrt(alpha) * jnp.sqrt(beta)
-        rotate = (jnp.abs(gamma) > tol * norms) & (norms > floor)
+        rotate = jnp.abs(gamma) > tol * norms
         zeta = (beta - alpha) / (2 * jnp.where(rotate, gamma, 1))
         sign = jnp.where(zeta < 0, -1, 1).astype(r.dtype)
         t = jnp.where(rotate, sign / (jnp.abs(zeta) + jnp.hypot(1, zeta)), 0)
@@ -88,7 +90,8 @@ def values_and_sweeps(r: jax.Array) -> tuple[jax.Array, jax.Array]:
                 jnp.concatenate([top[:1], bottom[:1], top[1 : half - 1]]),
                 jnp.concatenate([bottom[1:], top[half - 1 :]]),
             )
-        return top, bottom, rotate
+        # a pair below the floor keeps no sweep going (masking its rotation instead cost 1.3-1.5x)
+        return top, bottom, rotate & (norms > floor)
 
     def sweep(carry):
         top, bottom, _, count = carry

@@ -81,9 +81,9 @@ def test_values_to_high_relative_accuracy(n, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_columns_beyond_the_normal_range_stop_the_sweeps(dtype):
     """A column whose squared norm flushes to zero (below sqrt(tiny) of the largest entry) left
-    its inner product with the other column at a rounding residue above the cutoff, and the
-    sweeps ran to their cap (MAX_SWEEPS) without changing a bit. Now such pairs are not rotated:
-    a few sweeps, and the values within gesdd's absolute accuracy (a few eps of the largest)."""
+    its inner product with the other column above the cutoff, and the sweeps ran to their cap
+    (MAX_SWEEPS). Now such pairs keep no sweep going: a few sweeps, and the values within gesdd's
+    absolute accuracy (a few eps of the largest)."""
     small = {np.float32: 1e-21, np.float64: 1e-159}[dtype]
     r = np.array([[-1.49, 0.4 * small], [0.9, -2.3 * small]])
     rs = np.stack([r, np.triu(r), r.T, np.diag([1.0, small])]).astype(dtype)

@@ -195,7 +195,7 @@ def test_the_sweeps_over_a_sharded_batch(specs):
     """JACOBI_BATCH problems on each of two devices, inside shard_map (the sweeps' loop flag is
     typed to vary as the factors do; it failed to trace before) with a and b each sharded or
     replicated, and under jit with the batch sharded: every output as each half's unsharded
-    solve gives it."""
+    solve gives it, and the singular values NumPy's."""
     rng = np.random.default_rng(4)
     half, m, n = JACOBI_BATCH, 4 * JACOBI_ORDER, JACOBI_ORDER
     a = rng.standard_normal((2 * half, m, n))
@@ -219,4 +219,6 @@ def test_the_sweeps_over_a_sharded_batch(specs):
 
     for g, w in zip(got, map(np.concatenate, zip(half_of(0), half_of(1)))):
         assert_same_to_rounding(g, w)
+    each = args[0] if args[0].shape[0] == 2 * half else np.concatenate([args[0]] * 2)
+    assert_same_to_rounding(got[3], np.linalg.svd(each, compute_uv=False), 1e-13)  # NumPy's
     assert count_svds(outputs, a[:half], b[:half], values_only=True) == 0  # the halves sweep too

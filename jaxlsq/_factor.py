@@ -189,6 +189,25 @@ def reflect_h(h: jax.Array, taus: jax.Array | None, y: jax.Array) -> jax.Array:
     return _qh_times(h, taus, y)[..., : h.shape[-1], :]
 
 
+def reflect_h_apart(
+    h: jax.Array, taus: jax.Array | None, y: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(Q^H y, ||y - Q Q^H y||^2 per column (..., K)): reflect_h's answer and the squared norms of
+    y's part outside Q's range, the least-squares residuals of a = Q R, from the rows of the full
+    Q^H y below n (from the explicit thin Q, y - Q Q^H y)."""
+    if taus is None:
+        c = matmul(adjoint(h), y)
+        return c, squared_norms(y - matmul(h, c))
+    n = h.shape[-1]
+    full = _qh_times(h, taus, y)
+    return full[..., :n, :], squared_norms(full[..., n:, :])
+
+
+def squared_norms(y: jax.Array) -> jax.Array:
+    """The squared 2-norm of each column of y (..., D, K): (..., K), real."""
+    return jnp.sum(jnp.real(y * jnp.conj(y)), axis=-2)
+
+
 def reflect(h: jax.Array, taus: jax.Array | None, t: jax.Array) -> jax.Array:
     """Q t (..., D, K) for t (..., n, K); Q as in reflect_h."""
     if taus is None:

@@ -21,6 +21,13 @@ over the whole batch at once (_values_alone, _jacobi), where LAPACK's gesdd woul
 problem. Otherwise the values alone (gesdd without vectors) decide, unless R's
 diagonal already shows a dropped value (the SVD with vectors is then taken straight away).
 
+The residuals ||b - a x||^2 of a tall problem solved by the shortcut need no product a x: Q^H b's
+rows below N hold the part of b outside a's range, and their squared norms are the residuals (the
+joint QR of [a, b] has them, reflected further among themselves, in its last rows; NumPy takes
+them from gelsd the same way). A lax.cond on the same decision picks them, or the product for
+the SVD branch (whose x may drop values, so that the least-squares residual is not x's) and for
+a wide a; their derivative is the product's (_fitted_residuals).
+
 Near-square matrices take the same route, where the SVD of a itself would cost several times the
 QR: with full rank certified, a 1000 x 1000 float64 solve is a QR and triangular solves; where
 only the values decide (the bound is loose by up to a factor N: float32 at N = 1000), a QR and
@@ -76,10 +83,12 @@ from ._factor import (
     eye_like,
     fold_columns,
     folded,
+    matmul,
     one_for_all,
     orientation,
     reflect,
-    reflect_h,
+    reflect_h_apart,
+    squared_norms,
     svd,
     transposed,
     triangular_factor,
@@ -128,12 +137,15 @@ def pinv_solve(
     rcond: jax.Array,
     a_ok: jax.Array | None = None,
     copies: int = 1,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """x = A^+ b, a's singular values and its rank (int32), for a (..., M, N) and b
-    (..., M, K); b's batch dimensions broadcast against a's.
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """x = A^+ b, a's singular values, its rank (int32) and the residuals ||b - a x||^2 of each
+    column (..., K), for a (..., M, N) and b (..., M, K); b's batch dimensions broadcast against
+    a's.
 
     Where the bound settles full rank, the rank needs no singular values: a caller that uses x
-    and the rank but not the values does not pay for them.
+    and the rank but not the values does not pay for them. Where the shortcut solves a tall
+    problem, the residuals need no product a x either: they are the squared norms of Q^H b's
+    rows below N (_tall_factor), as NumPy takes them from gelsd.
 
     a_ok (a's batch shape, default all True): which matrices of a are finite. The factorizations
     see the others as zeros, masked where they read a (see _tall_factor); the derivative takes a
@@ -153,7 +165,7 @@ def pinv_solve(
         # axis first, which would line b's batch dimensions up with the wrong ones of a
         pad = (1,) * (a.ndim - b.ndim)
         b_ranked = b_const.reshape(pad + b.shape), b_scale.reshape(pad + b_scale.shape)
-        r, c, r_inv, r_inv_c = _tall_factor(a_given, b_ranked[0], a_ok, a_scale, b_ranked[1])
+        r, c, r_inv, r_inv_c, rest = _tall_factor(a_given, b_ranked[0], a_ok, a_scale, b_ranked[1])
         h = taus = None
     else:
         h, taus, r = triangular_factor(_prepared(a_given, a_ok, a_scale))
@@ -210,7 +222,48 @@ def pinv_solve(
     u = unit(a_s, largest(a) * a_scale[..., 0, 0])  # a's largest entry: see paired_solve
     x = paired_solve(a_s, b * b_scale, x, v, w, full, copies, u)
     x = scaled_back(x, a_scale, b_scale)
-    return x, after(s / a_scale[..., 0], x, x_core=1), rank
+    fit = a, b, x
+    if kind == "tall":  # the shortcut's x is the least-squares solution: residuals from the QR
+        residuals = lax.cond(
+            full,
+            varying_alike(_fitted_residuals, *fit),
+            varying_alike(_product_residuals, *fit),
+            *fit,
+            lax.stop_gradient(_squares_scaled_back(rest, b_scale)),
+        )
+    else:  # a wide a: the product (at full rank, the rounding errors of a consistent system)
+        residuals = _product_residuals(*fit)
+    return x, after(s / a_scale[..., 0], x, x_core=1), rank, residuals
+
+
+def _product_residuals(a: jax.Array, b: jax.Array, x: jax.Array, *_) -> jax.Array:
+    """||b - a x||^2 of each column (..., K), b's and a's batch dimensions broadcast."""
+    return squared_norms(b - matmul(a, x))
+
+
+@jax.custom_jvp
+def _fitted_residuals(a: jax.Array, b: jax.Array, x: jax.Array, known: jax.Array) -> jax.Array:
+    """_product_residuals(a, b, x) where they are known already (the least-squares solution's,
+    from the QR of a tall a): known, in _product_residuals's shape. Its derivative is the
+    product's, 2 Re(r^H (db - da x - a dx)) with r = b - a x, at any order."""
+    shape = (*jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]), b.shape[-1])
+    return jnp.broadcast_to(known, shape)
+
+
+@_fitted_residuals.defjvp
+def _fitted_residuals_jvp(primals, tangents):
+    (a, b, x, known), (da, db, dx, _) = primals, tangents
+    r = b - matmul(a, x)
+    dr = db - matmul(da, x) - matmul(a, dx)
+    d = 2 * jnp.sum(jnp.real(jnp.conj(r) * dr), axis=-2)
+    return _fitted_residuals(a, b, x, known), d.astype(known.dtype)
+
+
+def _squares_scaled_back(squares: jax.Array, b_scale: jax.Array) -> jax.Array:
+    """Squared norms of columns of the scaled b_scale b (..., K) as those of b's: divided by
+    b_scale (..., 1, 1) twice (a power of two: exact unless the result leaves the range)."""
+    scale = b_scale[..., 0].astype(squares.dtype)
+    return squares / scale / scale
 
 
 def _mixed_solution(kind: str, r, r_inv, t, c, flags, rcond):
@@ -444,7 +497,7 @@ def full_rank_parts(
     one = jnp.ones((*lead, 1, 1), a.dtype)
     a_scale, b_scale = (one if s is None else s for s in (a_scale, b_scale))
     if orientation(a) == "tall":
-        r, _, r_inv, x = _tall_factor(a, b, a_ok, a_scale, b_scale)
+        r, _, r_inv, x, _ = _tall_factor(a, b, a_ok, a_scale, b_scale)
         return x, r, r_inv
     h, taus, r = triangular_factor(_prepared(a, a_ok, a_scale))
     t = _triangular_solve(r, b * b_scale, adjoint_r=True)
@@ -479,9 +532,11 @@ CHUNK_BYTES = 8 << 20
 @custom_vmap
 def _tall_factor(
     a: jax.Array, b: jax.Array, a_ok: jax.Array, a_scale: jax.Array, b_scale: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """R of the tall a as the factorizations see it (_prepared), c = Q^H (b_scale b)'s first N
-    rows, R^{-1} and R^{-1} c. a_ok has a's batch shape; a_scale and b_scale are (..., 1, 1).
+    rows, R^{-1}, R^{-1} c, and the squared norms of Q^H (b_scale b)'s other rows (..., K): the
+    residuals of the scaled problem's least-squares solution where R has full rank, as NumPy
+    takes them from gelsd. a_ok has a's batch shape; a_scale and b_scale are (..., 1, 1).
 
     With few right-hand sides (K <= N) and b batched like a, R and c come from one QR of [a, b]:
     its leading N x N block is R, the block beside it c (the reflectors of a's columns reach b as
@@ -546,16 +601,17 @@ def _joint_factor(a, b, a_ok, a_scale, b_scale):
     both = jnp.linalg.qr(both, mode="r")
     r, c = both[..., :n, :n], both[..., :n, n:]
     solved = _triangular_solve(r, jnp.concatenate([eye_like(r), c], axis=-1))
-    return r, c, solved[..., :n], solved[..., n:]
+    # rows n and below of Q^H b, reflected further among themselves (which keeps their norms)
+    return r, c, solved[..., :n], solved[..., n:], squared_norms(both[..., n:, n:])
 
 
 def _factor_then_reflect(
     a: jax.Array, b: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     h, taus, r = triangular_factor(a)
     r_inv = _inverse(r)
-    c = reflect_h(h, after(taus, r_inv, x_core=1), b)
-    return r, c, r_inv, _triangular_solve(r, c)
+    c, rest = reflect_h_apart(h, after(taus, r_inv, x_core=1), b)
+    return r, c, r_inv, _triangular_solve(r, c), rest
 
 
 @_tall_factor.def_vmap
@@ -567,10 +623,10 @@ def _tall_factor_vmap_rule(axis_size, in_batched, a, b, a_ok, a_scale, b_scale):
         outs = jax.vmap(
             lambda b, b_scale: _factor_then_reflect(a, b * b_scale),
             in_axes=axes,
-            out_axes=(None, 0, None, 0),
+            out_axes=(None, 0, None, 0, 0),
         )(b, b_scale)
         # typed as the joint factorization's (which reads b too) under shard_map
-        return tuple(vary_like(y, a, b, b_scale) for y in outs), (False, True, False, True)
+        return tuple(vary_like(y, a, b, b_scale) for y in outs), (False, True, False, True, True)
     return _joined(_tall_factor, axis_size, in_batched, (a, b, a_ok, a_scale, b_scale))
 
 

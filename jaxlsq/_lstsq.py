@@ -357,6 +357,7 @@ def _lstsq_core(
     # serves a sharded b: R comes from the QR of [a, b], the values wait for x)
     refs = [y for y in (a_given, rcond, lam, w) if y is not None]
     root = None if w is None else jnp.sqrt(w)[..., None].astype(a.dtype)
+    residuals = None  # b - a x below, unless the solve gives them
     if method == "svd":
         if w is not None and lam is None:  # scaled as the plain solve is (see _scaling)
             # (the scales of the weighted problem, which zero-weight rows do not touch; the rank
@@ -373,7 +374,7 @@ def _lstsq_core(
             s = singular_values(root * a, x)
             rank = rank_of(s, rcond)
         elif lam is None:  # its rank needs no singular values where the bound settles it
-            x, s, rank = pinv_solve(a_given, b, rcond, finite_a, copies)
+            x, s, rank, residuals = pinv_solve(a_given, b, rcond, finite_a, copies)
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)
@@ -418,7 +419,8 @@ def _lstsq_core(
         dependence = jnp.real(jnp.sum(x, axis=(-2, -1))).astype(rcond.dtype)
         s = jnp.full((*a_m.shape[:-2], min(a.shape[-2:])), jnp.nan, rcond.dtype)
         s = s * dependence[..., None]
-    residuals = _squared_norms(b - matmul(a_given, x), w)
+    if residuals is None:
+        residuals = _squared_norms(b - matmul(a_given, x), w)
     poison = _validate.nan_unless(options_ok) + tie
     scale = _validate.nan_unless(ok) * poison[..., None]  # 1 where valid, multiplied in
     x = x * scale[..., None, :].astype(x.dtype)

@@ -672,12 +672,14 @@ def test_hessian_matches_pinv(kind):
 
 
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
-@pytest.mark.parametrize("kind", SHAPES)
-def test_check_grads_second_order(kind, complex_):
+def test_check_grads_second_order(complex_):
+    """Numerical first and second derivatives of x, forward and reverse, for a near-wide a (3 x 5:
+    the QR of a^H). tests/test_derivatives.py's test_check_grads_full_rank checks tall, wide and
+    square ones the same way, with x, residuals and singular values."""
     rng = np.random.default_rng(6)
-    m, n = {"tall": (12, 3), "wide": (3, 12), "square": (4, 4), "near-wide": (3, 5)}[kind]
-    a, b = randn(rng, (m, n), complex_), randn(rng, (m, 2), complex_)
-    check_grads(lambda a, b: jaxlsq.lstsq(a, b).x, (a, b), order=2, modes=("fwd", "rev"))
+    a, b = randn(rng, (3, 5), complex_), randn(rng, (3, 2), complex_)
+    x = jax.jit(lambda a, b: jaxlsq.lstsq(a, b).x)
+    check_grads(x, (a, b), order=2, modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize("form", ["leading", "vmap"])
@@ -796,3 +798,73 @@ def test_a_large_batch_keeps_its_temporaries_under_mallocs_ceiling(monkeypatch, 
     for outputs in (lambda r: r.x, tuple):
         program = compiled(lambda a, b, outputs=outputs: outputs(jaxlsq.lstsq(a, b)), a, b)
         assert program.memory_analysis().temp_size_in_bytes < 32 << 20
+
+
+def _residual_problems(rng):
+    """{name: (a, b)} for the routes of a tall full-rank solve's residuals, float64 unless named."""
+    m, n = 30, 6
+    a = with_singular_values(rng, m, n, [3, 2, 1, 0.5, 0.1, 0.01])
+    one_a = with_singular_values(rng, 9, 6, [3, 2, 1, 0.5, 0.1, 0.01])
+    complex_a = with_singular_values(rng, m, n, [3, 2, 1, 0.5, 0.1, 0.01], True)
+    near = a @ rng.standard_normal((n, 2))  # b nearly in a's range: small residuals
+    cases = [  # the joint QR of [a, b] (K <= N), or a's QR and Q^H b by ormqr (K > N, b broadcast)
+        ("one column", a, rng.standard_normal((m, 1))),
+        ("columns", a, rng.standard_normal((m, 4))),
+        ("nearly consistent", a, near + 1e-9 * rng.standard_normal((m, 2))),
+        ("rows fewer than N + K", one_a, rng.standard_normal((9, 5))),
+        ("square", a[:n], rng.standard_normal((n, 2))),
+        ("K > N", a, rng.standard_normal((m, n + 2))),
+        ("b batched beyond a", a, rng.standard_normal((3, m, 2))),
+        ("batch", np.stack([a, 2 * a, a[::-1]]), rng.standard_normal((3, m, 2))),
+        ("complex", complex_a, randn(rng, (m, 2), True)),
+        ("huge b", a, 1e300 * rng.standard_normal((m, 2))),
+        ("tiny b", a, 1e-300 * rng.standard_normal((m, 2))),
+        ("float32", a.astype(np.float32), rng.standard_normal((m, 2)).astype(np.float32)),
+    ]
+    return {name: (a, b) for name, a, b in cases}
+
+
+RESIDUAL_CASES = list(_residual_problems(np.random.default_rng(0)))
+
+
+@pytest.fixture
+def product_residuals_nan(monkeypatch, request):
+    """_full_rank's product form of the residuals made NaN: a finite answer then comes from the
+    QR's route."""
+    product = _full_rank._product_residuals
+
+    def nan_product(*args):
+        return jnp.full_like(product(*args), jnp.nan)
+
+    monkeypatch.setattr(_full_rank, "_product_residuals", nan_product)
+    jax.clear_caches()
+    request.addfinalizer(jax.clear_caches)  # no program traced with the NaN form stays
+
+
+@pytest.mark.parametrize("name", RESIDUAL_CASES)
+def test_residuals_of_the_shortcut_come_from_the_qr(product_residuals_nan, name):
+    """Where the shortcut solves a tall problem, the residuals are the squared norms of Q^H b's
+    rows below N, without the product a x (made NaN here): NumPy's residuals (from float64 x) on
+    every route to them; inf where their squares overflow."""
+    a, b = _residual_problems(np.random.default_rng(21))[name]
+    with np.errstate(over="ignore"):
+        want = np.sum(np.abs(b - a @ np.linalg.pinv(a.astype(np.complex128)) @ b) ** 2, axis=-2)
+        scale = np.sum(np.abs(b) ** 2, axis=-2)
+    got = jax.jit(lambda a, b: jaxlsq.lstsq(a, b).residuals)(a, b)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), name)
+    finite = np.isfinite(want)
+    error = np.abs(got - want)[finite]
+    tol = 10 * max(a.shape[-2:]) * np.finfo(a.dtype).eps
+    np.testing.assert_array_less(error, tol * scale[finite] + np.finfo(a.dtype).tiny, name)
+
+
+def test_residuals_of_other_problems_keep_the_product(product_residuals_nan):
+    """A rank-deficient tall problem (the SVD branch) and a wide one take their residuals from
+    the product b - a x (NaN here), single and batched."""
+    rng = np.random.default_rng(23)
+    a = rng.standard_normal((2, 12, 4))
+    a[1, :, -1] = a[1, :, 0]
+    b = rng.standard_normal((2, 12, 3))
+    residuals = jax.jit(lambda a, b: jaxlsq.lstsq(a, b).residuals)
+    for a, b in [(a[1], b[1]), (a, b), (np.swapaxes(a[0], 0, 1), b[0, :4])]:
+        assert np.all(np.isnan(residuals(a, b))), a.shape

@@ -14,10 +14,10 @@ rotates no pair of any problem, not counting pairs whose norms multiply to less 
 there the squares of the entries leave the normal range (a squared norm flushed to zero makes
 every inner product look large), and such a pair, rotated again and again by amounts below the
 rounding of the larger columns, kept the sweeps going to their cap. The column norms are then the
-singular values. A problem whose sweep rotates nothing is unchanged by the
-sweeps the rest of its batch still takes, so its values do not depend on the batch around it; a
-problem with a pair below the floor may go on rotating that pair, so that only its values below
-about sqrt(tiny / eps) of the largest can vary with its batch.
+singular values. A problem whose sweep rotates nothing is unchanged by the sweeps the rest of its
+batch still takes, so its values do not depend on the batch around it; a problem with a pair below
+the floor may go on rotating that pair, so that only its values below about sqrt(tiny / eps) of
+the largest can vary with its batch.
 
 Accuracy: as gesdd's, a few eps times the largest value, always; and where R = B D with B's
 columns of unit norm, each value to a relative error of about n eps cond(B) (Demmel and Veselic

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from . import _validate
-from ._factor import invariant_like, matmul
+from ._factor import invariant_like, matmul, squared_norms
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, qr_solve, weighted_qr_solve
 from ._scaling import regularized, scaled_back, scales
@@ -285,8 +285,9 @@ def _empty(
 def _squared_norms(r: jax.Array, w: jax.Array | None = None) -> jax.Array:
     """Squared 2-norm of each column, smooth at zero (unlike norm(r) ** 2); with row weights
     w (..., M), sum_i w_i |r_i|^2 (rather than |sqrt(w) r|^2: smooth in w at w = 0)."""
-    squares = jnp.real(r * jnp.conj(r))
-    return jnp.sum(squares if w is None else w[..., None] * squares, axis=-2)
+    if w is None:
+        return squared_norms(r)
+    return jnp.sum(w[..., None] * jnp.real(r * jnp.conj(r)), axis=-2)
 
 
 def _equal_batch_ranks(*pairs) -> list:

@@ -821,10 +821,24 @@ def _residual_problems(rng):
         ("tiny b", a, 1e-300 * rng.standard_normal((m, 2))),
         ("float32", a.astype(np.float32), rng.standard_normal((m, 2)).astype(np.float32)),
     ]
+    assert [name for name, _, _ in cases] == RESIDUAL_CASES
     return {name: (a, b) for name, a, b in cases}
 
 
-RESIDUAL_CASES = list(_residual_problems(np.random.default_rng(0)))
+RESIDUAL_CASES = [
+    "one column",
+    "columns",
+    "nearly consistent",
+    "rows fewer than N + K",
+    "square",
+    "K > N",
+    "b batched beyond a",
+    "batch",
+    "complex",
+    "huge b",
+    "tiny b",
+    "float32",
+]
 
 
 @pytest.fixture

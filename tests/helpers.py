@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxlsq import _full_rank
 
@@ -16,6 +21,29 @@ try:
     from jax import shard_map  # noqa: F401
 except ImportError:  # JAX before 0.7
     from jax.experimental.shard_map import shard_map  # noqa: F401
+
+
+def run_with_xla_defaults(script: str, timeout: float) -> list[str]:
+    """Run a Python script in a fresh process on the CPU with XLA's default flags (one device, the
+    default thread pool and code generation: none of conftest.py's settings), and return the words
+    it printed; a hang past timeout seconds or a failure fails the calling test, with what the
+    script printed before it."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(script)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as err:
+        done = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout
+        pytest.fail(f"hung (no result in {timeout} s); printed before the hang: {done!r}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.split()
+
 
 # Relative tolerances by dtype for solutions and derivatives of well-posed problems.
 RTOL = {

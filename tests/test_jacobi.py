@@ -11,7 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, assert_same_to_rounding, compiled, count_svds, shard_map
+from helpers import (
+    assert_close,
+    assert_same_to_rounding,
+    compiled,
+    count_svds,
+    run_with_xla_defaults,
+    shard_map,
+)
 from scipy.linalg import lapack
 
 import jaxlsq
@@ -129,7 +136,10 @@ def test_which_factors_take_the_sweeps(monkeypatch, request):
     """The sweeps for at least JACOBI_BATCH real factors of order 1 to JACOBI_ORDER, gesdd for the
     rest (a smaller batch, a larger order, complex factors, order 0); and through the chunks of
     a large batch (_in_chunks vmaps each chunk's problems, which join through _values_alone's
-    rule): the same values, bit for bit, as the sweeps over the whole batch."""
+    rule): the same values, bit for bit, as the sweeps over the whole batch. The bits are
+    compared in a fresh process with XLA's default code generation: conftest.py's (without the
+    fusion emitters) rounds 4 of these 16,384 values differently in the two programs, by one
+    unit in the last place."""
     values = _full_rank._values
     for shape, dtype, swept in [
         ((JACOBI_BATCH, JACOBI_ORDER, JACOBI_ORDER), np.float64, True),
@@ -147,7 +157,25 @@ def test_which_factors_take_the_sweeps(monkeypatch, request):
     jax.clear_caches()
     request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
     assert compiled(values, r).as_text().count(" while(") == 2  # the chunks' and the sweeps'
-    np.testing.assert_array_equal(jax.jit(values)(r), jax.jit(jacobi_values)(r))
+    assert run_with_xla_defaults(CHUNKED_AND_WHOLE, timeout=240) == ["2", "0"]
+
+
+CHUNKED_AND_WHOLE = """
+import jax, numpy as np
+from jaxlsq import _full_rank
+from jaxlsq._full_rank import JACOBI_BATCH, JACOBI_ORDER
+from jaxlsq._jacobi import jacobi_values
+
+jax.config.update("jax_enable_x64", True)
+_full_rank._chunks_apply = lambda: True
+_full_rank.CHUNK_BYTES = 1
+rng = np.random.default_rng(5)
+r = np.triu(rng.standard_normal((2 * JACOBI_BATCH, JACOBI_ORDER, JACOBI_ORDER)))
+chunked = jax.jit(_full_rank._values)
+loops = chunked.lower(r).compile().as_text().count(" while(")
+differ = np.sum(np.asarray(chunked(r)) != np.asarray(jax.jit(jacobi_values)(r)))
+print(loops, differ)
+"""
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -8,15 +8,16 @@ that hung on 2 cores before the ordering finish in a fresh process (without conf
 simulated devices, which change how the pool runs).
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import compiled, gather_few, loops_calling_svd, unordered_lapack_calls
+from helpers import (
+    compiled,
+    gather_few,
+    loops_calling_svd,
+    run_with_xla_defaults,
+    unordered_lapack_calls,
+)
 
 import jaxlsq
 from jaxlsq import _full_rank
@@ -210,21 +211,7 @@ def test_large_batched_gradients_finish():
     hung on 2 cores before the ordering), and of 8,192 (factored in chunks), and the Hessians of
     2,000 small problems (which hung before the values and the qr and cholesky methods took
     their derivatives by products), in a fresh process with the default thread pool."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    try:
-        run = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(HUNG_BEFORE)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-    except subprocess.TimeoutExpired as err:
-        done = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else err.stdout
-        pytest.fail(f"hung (no result in 240 s); finished before the hang: {done!r}")
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split() == [
+    assert run_with_xla_defaults(HUNG_BEFORE, timeout=240) == [
         w
         for name in ("gradients", "vmap", "ridge", "weights", "chunks", "hessians")
         for w in (name, "done")

@@ -27,7 +27,7 @@ def _known_to_xla(flag):
     pytest-xdist's workers inherit the answer in XLA_FLAGS."""
     env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS="cpu")
     probe = [sys.executable, "-c", "import jax; jax.devices()"]
-    return subprocess.run(probe, env=env, capture_output=True).returncode == 0
+    return subprocess.run(probe, env=env, capture_output=True, timeout=300).returncode == 0
 
 
 _flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

@@ -5,8 +5,8 @@ and lowering (Python: jaxlsq's rules, JAX's transformations) and XLA's compilati
 case of python3 -m benchmarks (the same problems) and each dtype, this times both steps for
 jit(x) and jit(value_and_grad(sum(x**2))) w.r.t. (a, b), each build from a new function with
 JAX's caches cleared, interleaved between the two systems in a new order every round, and
-prints the medians and jaxlsq's ratio to jnp's. XLA compiles at its default optimization level
-here (the tests use level 0: tests/conftest.py). No timing is asserted anywhere.
+prints the medians and jaxlsq's ratio to jnp's. XLA compiles with its default flags here (the
+tests use LLVM's level 0 and no fusion emitters: tests/conftest.py). No timing is asserted.
 
 Run: python3 -m benchmarks.compile_time [--rounds 3] [--cases 1,2,...] [--dtypes float32,float64]
 """

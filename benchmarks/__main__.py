@@ -61,6 +61,7 @@ from .summary import figure  # noqa: E402
 
 BASELINE = "jnp.linalg.lstsq"
 SETTLE_S = 0.2  # untimed calls at the start of each pool's turn
+QUICK_SETTLE_S = 0.1  # --quick: OpenBLAS's spinning (about 0.1 s) still ends; 7 s less in all
 INSTANCES = 2  # programs per system and cell (see above); --quick: 1
 
 
@@ -434,8 +435,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--settle",
         type=float,
-        default=SETTLE_S,
-        help=f"seconds of untimed calls at the start of each pool's turn (default {SETTLE_S})",
+        default=None,
+        help=f"seconds of untimed calls at the start of each pool's turn (default {SETTLE_S}, "
+        f"quick {QUICK_SETTLE_S})",
     )
     args = parser.parse_args(argv)
     cases = QUICK if args.quick else FULL
@@ -486,7 +488,11 @@ def main(argv=None) -> None:
         rounds,
         args.budget,
         methods=not (args.quick or args.no_methods),
-        settle_s=args.settle,
+        settle_s=args.settle
+        if args.settle is not None
+        else QUICK_SETTLE_S
+        if args.quick
+        else SETTLE_S,
         instances=instances,
         save=save,
         picked=picked,

@@ -448,6 +448,9 @@ def main(argv=None) -> None:
     if picked is not None and not picked <= set(range(1, len(cases) + 1)):
         parser.error(f"--cases: numbers from 1 to {len(cases)}, got {args.cases!r}")
     rounds = args.rounds or (3 if args.quick else 9)
+    settle_s = (
+        args.settle if args.settle is not None else QUICK_SETTLE_S if args.quick else SETTLE_S
+    )
     instances = args.instances if args.instances is not None else 1 if args.quick else INSTANCES
     if instances < 1:
         parser.error(f"--instances takes a positive number, got {args.instances}")
@@ -488,11 +491,7 @@ def main(argv=None) -> None:
         rounds,
         args.budget,
         methods=not (args.quick or args.no_methods),
-        settle_s=args.settle
-        if args.settle is not None
-        else QUICK_SETTLE_S
-        if args.quick
-        else SETTLE_S,
+        settle_s=settle_s,
         instances=instances,
         save=save,
         picked=picked,

@@ -132,6 +132,24 @@ def test_non_finite_factors_give_non_finite_values(bad, n):
     assert_close(got[[0, 2]], np.linalg.svd(r[[0, 2]], compute_uv=False), 1e-14)
 
 
+CHUNKED_AND_WHOLE = """
+import jax, numpy as np
+from jaxlsq import _full_rank
+from jaxlsq._full_rank import JACOBI_BATCH, JACOBI_ORDER
+from jaxlsq._jacobi import jacobi_values
+
+jax.config.update("jax_enable_x64", True)
+_full_rank._chunks_apply = lambda: True
+_full_rank.CHUNK_BYTES = 1
+rng = np.random.default_rng(5)
+r = np.triu(rng.standard_normal((2 * JACOBI_BATCH, JACOBI_ORDER, JACOBI_ORDER)))
+chunked = jax.jit(_full_rank._values)
+loops = chunked.lower(r).compile().as_text().count(" while(")  # the chunks are taken here too
+differ = np.sum(np.asarray(chunked(r)) != np.asarray(jax.jit(jacobi_values)(r)))
+print(loops, differ)
+"""
+
+
 def test_which_factors_take_the_sweeps(monkeypatch, request):
     """The sweeps for at least JACOBI_BATCH real factors of order 1 to JACOBI_ORDER, gesdd for the
     rest (a smaller batch, a larger order, complex factors, order 0); and through the chunks of
@@ -158,24 +176,6 @@ def test_which_factors_take_the_sweeps(monkeypatch, request):
     request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
     assert compiled(values, r).as_text().count(" while(") == 2  # the chunks' and the sweeps'
     assert run_with_xla_defaults(CHUNKED_AND_WHOLE, timeout=240) == ["2", "0"]
-
-
-CHUNKED_AND_WHOLE = """
-import jax, numpy as np
-from jaxlsq import _full_rank
-from jaxlsq._full_rank import JACOBI_BATCH, JACOBI_ORDER
-from jaxlsq._jacobi import jacobi_values
-
-jax.config.update("jax_enable_x64", True)
-_full_rank._chunks_apply = lambda: True
-_full_rank.CHUNK_BYTES = 1
-rng = np.random.default_rng(5)
-r = np.triu(rng.standard_normal((2 * JACOBI_BATCH, JACOBI_ORDER, JACOBI_ORDER)))
-chunked = jax.jit(_full_rank._values)
-loops = chunked.lower(r).compile().as_text().count(" while(")
-differ = np.sum(np.asarray(chunked(r)) != np.asarray(jax.jit(jacobi_values)(r)))
-print(loops, differ)
-"""
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -9,7 +9,7 @@ tolerances set by the problems' conditioning. At level 0 a Hessian program compi
 0.75 s where it took 1.15, and the suite (-n 2, 2 cores, both passing) took 591 s where it took
 722 s at the default level on the same day. Without the fusion emitters, 15 programs of lstsq (x,
 value_and_grad and the Hessian for five shapes) compiled in 3.5 s where they took 8.8 to 12.4 s
-with them (jaxlib 0.10.2; jaxlib 0.6.0 took 3.3 s either way), and the suite took 13:30 where it
+with them (jaxlib 0.10.2; jaxlib 0.6.0 took 3.3 s either way), and the suite took 13:36 where it
 took 25:50 (2 cores, 2026-12-07). A claim on bits that the code generation decides is checked in
 a fresh process with XLA's defaults (helpers.run_with_xla_defaults). To run the tests with XLA's
 defaults instead, set the flags yourself: XLA_FLAGS="--xla_backend_optimization_level=2

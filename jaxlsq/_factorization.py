@@ -106,10 +106,10 @@ def factorize(a: ArrayLike, rcond: ArrayLike | None = None) -> Factorization:
 
     ``jaxlsq.factorize(a).solve(b)`` equals ``jaxlsq.lstsq(a, b).x`` for ``b`` of ``a``'s dtype
     (``solve`` returns the factorization's compute dtype, float32 for float16 and bfloat16 input,
-    and refuses complex ``b`` for a real ``a``); keeping the factorization
-    makes every further ``solve`` (or ``solve_adjoint``) cost ``O(M N K)`` instead of a new
-    factorization. The result is a pytree: return it from ``jit``, pass it into ``jit``, ``vmap``
-    over it, and differentiate through it.
+    as do ``singular_values``, and refuses complex ``b`` for a real ``a``); keeping the
+    factorization makes every further ``solve`` (or ``solve_adjoint``) cost ``O(M N K)`` instead
+    of a new factorization. The result is a pytree: return it from ``jit``, pass it into ``jit``,
+    ``vmap`` over it, and differentiate through it.
 
     Args:
       a: matrix of shape ``(M, N)`` or a batch ``(..., M, N)``.

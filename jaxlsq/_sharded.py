@@ -135,7 +135,7 @@ def sharded_lstsq(
       sequential QR and LU factorizations", SIAM J. Sci. Comput. 34(1), 2012.
     """
     func = "jaxlsq.sharded_lstsq"
-    plan = _validate.plan_lstsq(a, b, func)
+    plan = _validate.plan_lstsq(a, b, func, stacks=False)
     held = _validate.held(a, b)  # constants of an outer jit (see unfolded)
     _validate.check_rcond(rcond, func)
     if not isinstance(mesh, Mesh):
@@ -148,7 +148,7 @@ def sharded_lstsq(
             want = "one matrix (M, N)" if name == "a" else "a vector (M,) or a matrix (M, K)"
             raise ValueError(
                 f"{func}: {name} must be {want}; got shape {np.shape(a if name == 'a' else b)}. "
-                "For a batch of problems, shard the batch axis and call jaxlsq.lstsq."
+                + _validate.ONE_PROBLEM
             )
     if not isinstance(axis_name, str) or axis_name not in mesh.axis_names:
         raise ValueError(

@@ -60,13 +60,20 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(jnp.float32) if dtype in _LOW_PRECISION else dtype
 
 
-def as_matrix(a: ArrayLike, func: str) -> jax.Array:
-    """a as an array of numbers with at least two dimensions (..., M, N)."""
+# What a function that takes one problem only (sharded_lstsq) tells a caller with a batch
+ONE_PROBLEM = "For a batch of problems, shard the batch axis and call jaxlsq.lstsq."
+
+
+def as_matrix(a: ArrayLike, func: str, stacks: bool = True) -> jax.Array:
+    """a as an array of numbers with at least two dimensions (..., M, N); stacks False: func
+    takes one matrix (M, N), and the message says so."""
     a = _as_array(a, "a", func)
     if a.ndim < 2:
+        want = "(M, N) or (..., M, N)" if stacks else "(M, N)"
+        then = "or a stack of them." if stacks else ONE_PROBLEM
         raise ValueError(
-            f"{func}: a must have shape (M, N) or (..., M, N); got shape {a.shape} "
-            f"({a.ndim}-D). Pass a 2-D matrix, or a stack of them."
+            f"{func}: a must have shape {want}; got shape {a.shape} ({a.ndim}-D). Pass a 2-D "
+            f"matrix{', ' if stacks else '. '}{then}"
         )
     return a
 
@@ -96,17 +103,23 @@ def effective_rcond(
 
 
 def plan_lstsq(
-    a: ArrayLike, b: ArrayLike, func: str = "jaxlsq.lstsq", names: tuple[str, str] = ("a", "b")
+    a: ArrayLike,
+    b: ArrayLike,
+    func: str = "jaxlsq.lstsq",
+    names: tuple[str, str] = ("a", "b"),
+    stacks: bool = True,
 ) -> Plan:
     """Checks a and b, promotes them and broadcasts nothing yet (the SVD runs on a's own batch).
 
-    names: what the messages call the two (solve_adjoint's are a^H and c)."""
+    names: what the messages call the two (solve_adjoint's are a^H and c). stacks False: func
+    takes one problem, and the messages leave out the batched shapes."""
     an, bn = names
-    a = as_matrix(a, func)
+    a = as_matrix(a, func, stacks)
     b = _as_array(b, bn, func)
     if b.ndim < 1:
+        want = "(M,), (M, K) or (..., M, K)" if stacks else "(M,) or (M, K)"
         raise ValueError(
-            f"{func}: {bn} must have shape (M,), (M, K) or (..., M, K); got a scalar (shape ()). "
+            f"{func}: {bn} must have shape {want}; got a scalar (shape ()). "
             "Pass one right-hand side as a vector of length M."
         )
     m = a.shape[-2]

@@ -127,6 +127,12 @@ def test_errors_and_non_finite():
         jaxlsq.sharded_lstsq(np.ones((2, 16, 2)), np.ones((2, 16, 1)), mesh=mesh, axis_name="rows")
     with pytest.raises(ValueError, match=r"b must be a vector \(M,\) or a matrix \(M, K\)"):
         jaxlsq.sharded_lstsq(np.ones((16, 2)), np.ones((2, 16, 1)), mesh=mesh, axis_name="rows")
+    # fewer dimensions: the message names the shapes sharded_lstsq takes, not lstsq's stacks
+    with pytest.raises(ValueError, match=r"a must have shape \(M, N\); got shape \(16,\)") as e:
+        jaxlsq.sharded_lstsq(np.ones(16), np.ones(16), mesh=mesh, axis_name="rows")
+    assert "stack" not in str(e.value) and "call jaxlsq.lstsq" in str(e.value)
+    with pytest.raises(ValueError, match=r"b must have shape \(M,\) or \(M, K\); got a scalar"):
+        jaxlsq.sharded_lstsq(np.ones((16, 2)), 1.0, mesh=mesh, axis_name="rows")
     with pytest.raises(ValueError, match="jaxlsq.sharded_lstsq: rcond must be finite"):
         jaxlsq.sharded_lstsq(
             np.ones((16, 2)), np.ones(16), mesh=mesh, axis_name="rows", rcond=np.nan

@@ -97,7 +97,7 @@ from ._factor import (
 )
 from ._jacobi import jacobi_values
 from ._order import after
-from ._scaling import frobenius, largest, scaled_back, scales
+from ._scaling import explicitly_sharded, frobenius, largest, scaled_back, scales
 from ._svd_solve import (
     _apply_pinv,
     gram_values,
@@ -137,6 +137,8 @@ def pinv_solve(
     rcond: jax.Array,
     a_ok: jax.Array | None = None,
     copies: int = 1,
+    a_big: jax.Array | None = None,
+    b_big: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """x = A^+ b, a's singular values, its rank (int32) and the residuals ||b - a x||^2 of each
     column (..., K), for a (..., M, N) and b (..., M, K); b's batch dimensions broadcast against
@@ -149,7 +151,8 @@ def pinv_solve(
 
     a_ok (a's batch shape, default all True): which matrices of a are finite. The factorizations
     see the others as zeros, masked where they read a (see _tall_factor); the derivative takes a
-    itself, whose non-finite entries then make it NaN. copies: see paired_solve.
+    itself, whose non-finite entries then make it NaN. copies: see paired_solve. b_big: b's
+    largest entry (b's batch shape), where the caller has it (see _scaling.extent).
     """
     kind = orientation(a)
     a_ok = jnp.ones(a.shape[:-2], bool) if a_ok is None else a_ok
@@ -158,7 +161,8 @@ def pinv_solve(
     # The factorizations see a and b scaled into LAPACK's safe range (see _scaling), x and the
     # values are scaled back below. a's scale comes from the given a (a non-finite one gets a
     # scale it does not use), so that XLA need not form the zeroed copy just to find it.
-    a_scale, b_scale = scales(a, b)
+    a_big = largest(a) if a_big is None else a_big
+    a_scale, b_scale = scales(a, b, a_big=a_big, b_big=b_big)
     a_given, b_const = lax.stop_gradient(a), lax.stop_gradient(b)
     if kind == "tall":  # R, c = Q^H b (N x K), R^{-1} and R^{-1} c; Q is not needed after
         # b with as many batch dimensions as a: under vmap, _tall_factor's rule puts the mapped
@@ -219,7 +223,7 @@ def pinv_solve(
     # s' = a_scale s (exact: powers of two). Its derivative is taken scaled too: the transposed
     # rule applies W W^H to a cotangent before A, and W W^H = (A^H A)^+ of a tiny A overflows.
     a_s = a * a_scale
-    u = unit(a_s, largest(a) * a_scale[..., 0, 0])  # a's largest entry: see paired_solve
+    u = unit(a_s, a_big * a_scale[..., 0, 0])  # a's largest entry: see paired_solve
     x = paired_solve(a_s, b * b_scale, x, v, w, full, copies, u)
     x = scaled_back(x, a_scale, b_scale)
     fit = a, b, x
@@ -300,7 +304,7 @@ def _mixed_batch(kind: str):
         lead = args[0].shape[:-2]
         count = math.prod(lead)
         room = _room(count, args[0].shape[-1])
-        if room is None or _explicitly_sharded(args[4]):
+        if room is None or explicitly_sharded(args[4]):  # jnp.nonzero cannot trace there
             return whole(args)
         flat = tuple(x.reshape(count, *x.shape[len(lead) :]) for x in args)
         return tuple(x.reshape(*lead, *x.shape[1:]) for x in _gathered(whole, room, flat))
@@ -351,12 +355,6 @@ def _gathers_apply() -> bool:
     where it was measured and where a batch is not split over devices (a sharded batch's gather and
     scatter would cross its shards)."""
     return jax.default_backend() == "cpu" and jax.device_count() == 1
-
-
-def _explicitly_sharded(x: jax.Array) -> bool:
-    """Whether x's type names a mesh axis (explicit sharding, even over a one-device mesh), where
-    the gather's jnp.nonzero cannot trace."""
-    return any(axis is not None for axis in getattr(jax.typeof(x).sharding, "spec", ()))
 
 
 def _gathered(whole, room: int, flat):

@@ -13,7 +13,7 @@ from . import _validate
 from ._factor import invariant_like, matmul, squared_norms
 from ._full_rank import pinv_solve
 from ._methods import cholesky_solve, qr_solve, weighted_qr_solve
-from ._scaling import regularized, scaled_back, scales
+from ._scaling import extent, regularized, scaled_back, scales
 from ._svd_solve import (
     rank_of,
     ridge_solve,
@@ -328,8 +328,10 @@ def _lstsq_core(
     # up with the wrong ones of the other (a crash, or problems mixed up).
     a, b, lam, w = (_validate.unfolded(x, c) for x, c in zip((a, b, lam, w), held, strict=True))
     a, b, lam, w = _equal_batch_ranks((a, 2), (b, 2), (lam, 0), (w, 1))
-    finite_a = jnp.all(jnp.isfinite(a), axis=(-2, -1))
-    finite_b = jnp.all(jnp.isfinite(b), axis=-2)
+    # one reduction of each: the largest entry (the solve's scale) and finiteness (see _scaling)
+    a_big, finite_a = extent(a)
+    b_columns, finite_b = extent(b, columns=True)
+    b_big = jnp.max(jnp.where(finite_b, b_columns, 0), axis=-1, initial=0)  # of b masked below
     a_given = a
     a = _validate.zero_unless(a, finite_a[..., None, None])
     b = _validate.zero_unless(b, finite_b[..., None, :])
@@ -375,7 +377,7 @@ def _lstsq_core(
             s = singular_values(root * a, x)
             rank = rank_of(s, rcond)
         elif lam is None:  # its rank needs no singular values where the bound settles it
-            x, s, rank, residuals = pinv_solve(a_given, b, rcond, finite_a, copies)
+            x, s, rank, residuals = pinv_solve(a_given, b, rcond, finite_a, copies, a_big, b_big)
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)
@@ -399,9 +401,11 @@ def _lstsq_core(
         cholesky, plain_qr = method == "cholesky", method == "qr" and w is None
         weighted = 1 if root is None else root
         a_full = jnp.broadcast_to(a_given, a_m.shape)
-        a_scale, b_scale = scales(
-            a_full if plain_qr else weighted * a_m, weighted * b_m, always=cholesky
-        )
+        if plain_qr:  # the largest entries at hand (another reduction of a: see _scaling.extent)
+            a_big, b_big = (jnp.broadcast_to(y, batch) for y in (a_big, b_big))
+            a_scale, b_scale = scales(a_full, b_m, a_big=a_big, b_big=b_big)
+        else:
+            a_scale, b_scale = scales(weighted * a_m, weighted * b_m, always=cholesky)
         if lam is not None:
             a_scale = regularized(a_scale, lam)
         if plain_qr:

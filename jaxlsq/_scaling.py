@@ -40,11 +40,41 @@ def power_of_two(e: jax.Array, dtype) -> jax.Array:
 def largest(x: jax.Array) -> jax.Array:
     """max |x_ij| of each matrix of x (..., M, N), shape (...); 0 where the matrix is empty.
     Meaningless where x is not finite (XLA's CPU reductions may drop NaN): callers check
-    finiteness on their own and do not use the scale there."""
+    finiteness on their own (extent gives both) and do not use the scale there."""
+    return extent(x)[0]
+
+
+def extent(x: jax.Array, columns: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(max |x_ij|, whether every x_ij is finite) of each matrix of x (..., M, N): two arrays of
+    shape (...), or with columns of each column, shape (..., N); (0, True) where empty. The
+    largest is meaningless where x is not finite.
+
+    One variadic reduction gives both, over each matrix's entries as one column, in one pass
+    over x, where jnp.max and jnp.all would read it twice (XLA keeps the pass whole only where
+    the program holds no other reduction of the same x: the solve passes the largest on). Alone
+    (one process, 40 interleaved rounds, 2 CPU cores), jaxlib 0.10.2: 10,000 64 x 8 float32
+    matrices 0.77 ms, where jnp.max took 0.73 and jnp.all 1.43; 10,000 columns of 64 0.16 ms,
+    where jnp.max took 2.32 (jaxlib's YNNPACK reduction) and jnp.all 0.33. jaxlib 0.6.0,
+    float64 matrices: 3.5 ms, where jnp.max took 21.7 and jnp.all 4.7."""
     x = lax.stop_gradient(x)
-    if x.shape[-2] == 0 or x.shape[-1] == 0:
-        return jnp.zeros(x.shape[:-2], jnp.finfo(x.dtype).dtype)
-    return jnp.max(jnp.abs(x), axis=(-2, -1))
+
+    def both(p, q):
+        return jnp.maximum(p[0], q[0]), p[1] & q[1]
+
+    start = jnp.zeros((), jnp.finfo(x.dtype).dtype), jnp.ones((), bool)
+    if columns or explicitly_sharded(x):  # (a reshape of a sharded type would need its sharding)
+        big, finite = lax.reduce((jnp.abs(x), jnp.isfinite(x)), start, both, (x.ndim - 2,))
+        if columns:
+            return big, finite
+        return jnp.max(big, axis=-1, initial=0), jnp.all(finite, axis=-1)
+    x = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1], 1)  # each matrix as one column
+    big, finite = lax.reduce((jnp.abs(x), jnp.isfinite(x)), start, both, (x.ndim - 2,))
+    return big[..., 0], finite[..., 0]
+
+
+def explicitly_sharded(x: jax.Array) -> bool:
+    """Whether x's type names a mesh axis (explicit sharding, even over a one-device mesh)."""
+    return any(axis is not None for axis in getattr(jax.typeof(x).sharding, "spec", ()))
 
 
 def frobenius(x: jax.Array) -> jax.Array:
@@ -89,7 +119,13 @@ def unit_scale(big: jax.Array, always: bool = False, to_edge: bool = False) -> j
     return jnp.where(outside, power_of_two(e, big.dtype), 1).astype(big.dtype)
 
 
-def scales(a: jax.Array, b: jax.Array, always: bool = False) -> tuple[jax.Array, jax.Array]:
+def scales(
+    a: jax.Array,
+    b: jax.Array,
+    always: bool = False,
+    a_big: jax.Array | None = None,
+    b_big: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Scales of a (..., M, N) and b (..., M, K), each of shape (..., 1, 1): the problem
     (a_scale a) x' = b_scale b has x = x' a_scale / b_scale and singular values s' = a_scale s.
     a is brought to a largest entry in [1/2, 1) (the derivative's (A^H A)^+ of a tiny a would
@@ -97,10 +133,11 @@ def scales(a: jax.Array, b: jax.Array, always: bool = False) -> tuple[jax.Array,
     to zero there, only just inside the range when it is huge (a tiny b has no such entries:
     they were subnormal to begin with). always (the normal equations) applies to a, and to a b
     below 1/2, which goes up to [1/2, 1): where regularized caps a's scale, x' ~ A^H b / lam
-    scales with b and no longer with a's scale only. No derivative: products with them pass a's
-    and b's on."""
-    a_scale = unit_scale(largest(a), always)[..., None, None]
-    b_big = largest(b)
+    scales with b and no longer with a's scale only. b_big: largest(b), where the caller has it
+    at hand. No derivative: products with them pass a's and b's on."""
+    a_big = largest(a) if a_big is None else a_big
+    a_scale = unit_scale(a_big, always)[..., None, None]
+    b_big = largest(b) if b_big is None else b_big
     b_scale = unit_scale(b_big, to_edge=True)
     if always:  # scaling up never flushes an entry
         b_scale = jnp.where(b_big < 0.5, unit_scale(b_big, always=True), b_scale)

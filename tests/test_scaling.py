@@ -18,7 +18,7 @@ import pytest
 from helpers import assert_close, pinv_solve, rtol
 
 import jaxlsq
-from jaxlsq._scaling import exponent, frobenius, power_of_two
+from jaxlsq._scaling import exponent, extent, frobenius, power_of_two
 
 # log2 of the scales, beyond safmin / eps and its inverse (about 2^-103 and 2^103 in float32,
 # 2^-970 and 2^970 in float64): tiny (float32 2^-120 ~ 8e-37: an unscaled QR then errs by about
@@ -118,6 +118,38 @@ def test_frobenius_norm_over_the_whole_range(dtype):
     assert np.asarray(frobenius(top)).tolist() == [np.inf]
     got = np.asarray(jax.jit(frobenius)(special))
     assert got[0] == np.inf and np.isnan(got[1]) and got[2] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+@pytest.mark.parametrize("columns", [False, True], ids=["matrices", "columns"])
+def test_extent_gives_the_largest_entry_and_finiteness(dtype, columns):
+    """_scaling.extent (one reduction for both) against NumPy: the largest magnitude of each
+    matrix (or column) of a batch large enough for XLA's parallel reductions, and whether it is
+    finite, with NaN and inf placed at the first, a middle and the last entry of some matrices
+    (a max that drops NaN would miss some of them: the finiteness may not come from it), and
+    at the top of the range (complex: a finite entry whose modulus overflows is finite)."""
+    real = np.finfo(dtype).dtype
+    rng = np.random.default_rng(5)
+    x = _entries(rng, (300, 64, 3)).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        x = x + 1j * _entries(rng, x.shape).astype(real)
+    top = np.finfo(real).max
+    places = [(0, 0, 0), (1, 31, 1), (2, 63, 2), (3, 5, 2), (299, 63, 2), (150, 17, 0)]
+    for (p, i, j), value in zip(places, [np.nan, np.nan, np.nan, np.inf, -np.inf, np.nan]):
+        x[p, i, j] = value
+    x[4, 10, 1] = top * (1 + 1j if np.issubdtype(dtype, np.complexfloating) else 1)
+    axis = -2 if columns else (-2, -1)
+    want_finite = np.all(np.isfinite(x), axis=axis)
+    want_big = np.max(np.abs(x.astype(np.complex128)), axis=axis)
+    for f in (extent, jax.jit(extent, static_argnums=1)):
+        big, finite = (np.asarray(y) for y in f(x, columns))
+        np.testing.assert_array_equal(finite, want_finite)
+        assert big.dtype == real
+        ok = want_finite & (want_big <= top)  # complex: |top (1 + i)| overflows to inf
+        np.testing.assert_allclose(big[ok], want_big[ok], rtol=4 * np.finfo(real).eps)
+    assert not np.all(want_finite) and np.sum(~want_finite) == len(places)
+    empty = extent(np.zeros((2, 0, 3), dtype), columns)
+    assert np.all(np.asarray(empty[0]) == 0) and np.all(np.asarray(empty[1]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

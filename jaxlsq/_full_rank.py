@@ -151,8 +151,9 @@ def pinv_solve(
 
     a_ok (a's batch shape, default all True): which matrices of a are finite. The factorizations
     see the others as zeros, masked where they read a (see _tall_factor); the derivative takes a
-    itself, whose non-finite entries then make it NaN. copies: see paired_solve. b_big: b's
-    largest entry (b's batch shape), where the caller has it (see _scaling.extent).
+    itself, whose non-finite entries then make it NaN. copies: see paired_solve. a_big, b_big:
+    a's and b's largest entries (their batch shapes), where the caller has them from its
+    finiteness checks (see _scaling.extent).
     """
     kind = orientation(a)
     a_ok = jnp.ones(a.shape[:-2], bool) if a_ok is None else a_ok

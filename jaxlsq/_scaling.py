@@ -133,8 +133,8 @@ def scales(
     to zero there, only just inside the range when it is huge (a tiny b has no such entries:
     they were subnormal to begin with). always (the normal equations) applies to a, and to a b
     below 1/2, which goes up to [1/2, 1): where regularized caps a's scale, x' ~ A^H b / lam
-    scales with b and no longer with a's scale only. b_big: largest(b), where the caller has it
-    at hand. No derivative: products with them pass a's and b's on."""
+    scales with b and no longer with a's scale only. a_big, b_big: largest(a) and largest(b),
+    where the caller has them at hand. No derivative: products with them pass a's and b's on."""
     a_big = largest(a) if a_big is None else a_big
     a_scale = unit_scale(a_big, always)[..., None, None]
     b_big = largest(b) if b_big is None else b_big

@@ -61,15 +61,15 @@ def extent(x: jax.Array, columns: bool = False) -> tuple[jax.Array, jax.Array]:
     def both(p, q):
         return jnp.maximum(p[0], q[0]), p[1] & q[1]
 
+    # each matrix as one column, but for an explicitly sharded type, whose reshape would need
+    # the new sharding: there the columns' results are reduced after
+    if not columns and not explicitly_sharded(x):
+        x = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1], 1)
     start = jnp.zeros((), jnp.finfo(x.dtype).dtype), jnp.ones((), bool)
-    if columns or explicitly_sharded(x):  # (a reshape of a sharded type would need its sharding)
-        big, finite = lax.reduce((jnp.abs(x), jnp.isfinite(x)), start, both, (x.ndim - 2,))
-        if columns:
-            return big, finite
-        return jnp.max(big, axis=-1, initial=0), jnp.all(finite, axis=-1)
-    x = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1], 1)  # each matrix as one column
     big, finite = lax.reduce((jnp.abs(x), jnp.isfinite(x)), start, both, (x.ndim - 2,))
-    return big[..., 0], finite[..., 0]
+    if columns:
+        return big, finite
+    return jnp.max(big, axis=-1, initial=0), jnp.all(finite, axis=-1)
 
 
 def explicitly_sharded(x: jax.Array) -> bool:

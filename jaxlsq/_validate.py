@@ -70,10 +70,10 @@ def as_matrix(a: ArrayLike, func: str, stacks: bool = True) -> jax.Array:
     a = _as_array(a, "a", func)
     if a.ndim < 2:
         want = "(M, N) or (..., M, N)" if stacks else "(M, N)"
-        then = "or a stack of them." if stacks else ONE_PROBLEM
+        then = ", or a stack of them." if stacks else ". " + ONE_PROBLEM
         raise ValueError(
             f"{func}: a must have shape {want}; got shape {a.shape} ({a.ndim}-D). Pass a 2-D "
-            f"matrix{', ' if stacks else '. '}{then}"
+            f"matrix{then}"
         )
     return a
 

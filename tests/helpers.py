@@ -39,7 +39,7 @@ def run_with_xla_defaults(script: str, timeout: float) -> list[str]:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired as err:
-        done = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout
+        done = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or ""
         pytest.fail(f"hung (no result in {timeout} s); printed before the hang: {done!r}")
     assert run.returncode == 0, run.stderr[-2000:]
     return run.stdout.split()

@@ -85,7 +85,14 @@ def frobenius(x: jax.Array) -> jax.Array:
     computes as x times 1 / max |x|) is subnormal where the largest entry exceeds 1 / tiny
     (float32: 8.5e37), and XLA flushes it to zero: every such norm came out 0, and a rank
     deficient R, whose R^{-1} reached that size, passed _certainly_full's bound as full rank.
-    inf for a matrix with an infinite entry, NaN for one with a NaN."""
+    inf for a matrix with an infinite entry, NaN for one with a NaN.
+
+    Each matrix is reduced as one row of its entries (but for an explicitly sharded type, see
+    extent): over the two axes, XLA's CPU reductions took 3.2-3.5 ms for the two norms of the
+    full-rank bound of 10,000 8 x 8 factors, where over one row they took 1.0 (float32) and 1.9
+    ms (float64); the same sums, bit for bit (one process, 60 interleaved rounds, 2 cores)."""
+    if not explicitly_sharded(x):
+        x = x.reshape(*x.shape[:-2], 1, x.shape[-2] * x.shape[-1])
     big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
     e = exponent(jnp.where((big > 0) & (big < jnp.inf), big, 1))
     half = e >> 1  # floor(e / 2): an arithmetic shift, where // takes a dozen operations

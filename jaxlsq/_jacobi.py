@@ -111,8 +111,29 @@ def values_and_sweeps(r: jax.Array) -> tuple[jax.Array, jax.Array]:
     top, bottom, _, count = lax.while_loop(going, sweep, start)
     cols = jnp.concatenate([top, bottom])
     norms = jnp.sqrt(_sum_rows(cols * cols))  # (columns, ...)
-    values = -jnp.sort(-norms, axis=0)[:n]  # descending; a padded column's zero is the last
+    values = _descending(norms)[:n]  # a padded column's zero is the last
     return jnp.moveaxis(values, 0, -1) / scale[..., 0], count
+
+
+def _descending(x: jax.Array) -> jax.Array:
+    """x (n, ...), n even, sorted along axis 0, largest first and NaN last (as -jnp.sort(-x,
+    axis=0)), by n rounds of odd-even transposition, two to a loop step: elementwise over the
+    problems. Alone, on 10,000 columns of 8 (2 cores), 1.1 ms where XLA's CPU sort along the major
+    axis took 6.5; unrolled, the rounds fused into their consumer, where each entry of the output
+    took the whole network again (3.6 ms)."""
+    assert x.shape[0] % 2 == 0, x.shape
+
+    def pairs(y):  # (y[0], y[1]), (y[2], y[3]), ... each in order
+        first, second = y[0::2], y[1::2]
+        swap = (second > first) | (jnp.isnan(first) & ~jnp.isnan(second))
+        ordered = jnp.where(swap, second, first), jnp.where(swap, first, second)
+        return jnp.stack(ordered, axis=1).reshape(y.shape)
+
+    def rounds(_, y):  # an even round, then an odd one
+        y = pairs(y)
+        return jnp.concatenate([y[:1], pairs(y[1:-1]), y[-1:]])
+
+    return lax.fori_loop(0, x.shape[0] // 2, rounds, x)
 
 
 def _sum_rows(x: jax.Array) -> jax.Array:

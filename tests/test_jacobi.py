@@ -24,7 +24,7 @@ from scipy.linalg import lapack
 import jaxlsq
 from jaxlsq import _full_rank
 from jaxlsq._full_rank import JACOBI_BATCH, JACOBI_ORDER
-from jaxlsq._jacobi import MAX_SWEEPS, jacobi_values, values_and_sweeps
+from jaxlsq._jacobi import MAX_SWEEPS, _descending, jacobi_values, values_and_sweeps
 
 DTYPES = [np.float32, np.float64]
 
@@ -132,6 +132,23 @@ def test_non_finite_factors_give_non_finite_values(bad, n):
     assert_close(got[[0, 2]], np.linalg.svd(r[[0, 2]], compute_uv=False), 1e-14)
 
 
+@pytest.mark.parametrize("n", [2, 4, 6, 8])
+def test_the_values_are_sorted_as_jnp_sort_would(n):
+    """_descending against -jnp.sort(-x, axis=0), bit for bit (the same values in the same
+    places, signs of zero included): columns with ties, NaN (last, as jnp.sort puts it), +-inf
+    and -0.0, in both dtypes."""
+    rng = np.random.default_rng(n)
+    for dtype in DTYPES:
+        x = rng.standard_normal((n, 400)).astype(dtype)
+        x[:, :100] = np.round(x[:, :100])  # ties
+        x[rng.random(x.shape) < 0.15] = np.nan
+        x[0, 100], x[-1, 101], x[n // 2, 102], x[:, 103] = np.inf, -np.inf, -0.0, np.nan
+        want = np.asarray(-jnp.sort(-jnp.asarray(x), axis=0))
+        got = np.asarray(jax.jit(_descending)(jnp.asarray(x)))
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 CHUNKED_AND_WHOLE = """
 import jax, numpy as np
 from jaxlsq import _full_rank
@@ -174,8 +191,9 @@ def test_which_factors_take_the_sweeps(monkeypatch, request):
     monkeypatch.setattr(_full_rank, "CHUNK_BYTES", 1)  # chunks of the least size, JACOBI_BATCH
     jax.clear_caches()
     request.addfinalizer(jax.clear_caches)  # no program traced with these constants stays
-    assert compiled(values, r).as_text().count(" while(") == 2  # the chunks' and the sweeps'
-    assert run_with_xla_defaults(CHUNKED_AND_WHOLE, timeout=240) == ["2", "0"]
+    # the chunks', the sweeps' and the sort's (_descending)
+    assert compiled(values, r).as_text().count(" while(") == 3
+    assert run_with_xla_defaults(CHUNKED_AND_WHOLE, timeout=240) == ["3", "0"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

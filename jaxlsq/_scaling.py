@@ -90,7 +90,9 @@ def frobenius(x: jax.Array) -> jax.Array:
     Each matrix is reduced as one row of its entries (but for an explicitly sharded type, see
     extent): over the two axes, XLA's CPU reductions took 3.2-3.5 ms for the two norms of the
     full-rank bound of 10,000 8 x 8 factors, where over one row they took 1.0 (float32) and 1.9
-    ms (float64); the same sums, bit for bit (one process, 60 interleaved rounds, 2 cores)."""
+    ms (float64); the same sums, bit for bit (one process, 60 interleaved rounds, 2 cores). A
+    single small matrix pays about 1 us more a norm (6 x 6: 14.4 us against 13.6); under vmap a
+    batch is traced as one matrix, so no shape test could keep single ones on the old form."""
     if not explicitly_sharded(x):
         x = x.reshape(*x.shape[:-2], 1, x.shape[-2] * x.shape[-1])
     big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)

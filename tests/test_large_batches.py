@@ -160,6 +160,8 @@ def test_the_checker_sees_unordered_calls():
 HUNG_BEFORE = """
 import jax, jax.numpy as jnp, numpy as np, jaxlsq
 
+# PART (a line the test puts before this text) says which of the programs below to run
+
 rng = np.random.default_rng(0)
 a = jnp.asarray(rng.standard_normal((2000, 64, 8)), jnp.float32)
 b = jnp.asarray(rng.standard_normal((2000, 64, 2)), jnp.float32)
@@ -174,20 +176,22 @@ programs = {
     "ridge": lambda a, b: every_output(jaxlsq.lstsq(a, b, l2_regularizer=0.5)),
     "weights": lambda a, b: every_output(jaxlsq.lstsq(a, b, weights=w)),
 }
-for name, loss in programs.items():
-    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    for _ in range(3):
-        jax.block_until_ready(f(a, b))
-    print(name, "done", flush=True)
+if PART == "solves":
+    for name, loss in programs.items():
+        f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        for _ in range(3):
+            jax.block_until_ready(f(a, b))
+        print(name, "done", flush=True)
 
 # 8,192 problems: the joint QR in four chunks of 2,048 (a lax.map loop; _full_rank.CHUNK_BYTES)
-a = jnp.asarray(rng.standard_normal((8192, 64, 8)), jnp.float32)
-b = jnp.asarray(rng.standard_normal((8192, 64, 1)), jnp.float32)
-for loss in (programs["gradients"], programs["vmap"]):
-    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-    for _ in range(3):
-        jax.block_until_ready(f(a, b))
-print("chunks", "done", flush=True)
+if PART == "chunks":
+    a = jnp.asarray(rng.standard_normal((8192, 64, 8)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((8192, 64, 1)), jnp.float32)
+    for loss in (programs["gradients"], programs["vmap"]):
+        f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        for _ in range(3):
+            jax.block_until_ready(f(a, b))
+    print("chunks", "done", flush=True)
 
 # Hessians per problem (vmap) of 2,000 16x6 and 6x16 problems: every output, and x by the qr
 # and cholesky methods
@@ -195,24 +199,38 @@ def by_method(method):
     return lambda a, b: jnp.sum(jaxlsq.lstsq(a, b, method=method).x ** 2)
 
 methods = [by_method("qr"), by_method("cholesky")]
-for shape in ((16, 6), (6, 16)):
+shapes = {"hessians-tall": (16, 6), "hessians-wide": (6, 16)}
+if PART in shapes:
+    shape = shapes[PART]
     a = jnp.asarray(rng.standard_normal((2000, *shape)), jnp.float32)
     b = jnp.asarray(rng.standard_normal((2000, shape[0], 1)), jnp.float32)
     for loss in (programs["gradients"], *methods):
         f = jax.jit(jax.vmap(jax.hessian(loss, argnums=(0, 1))))
         for _ in range(3):
             jax.block_until_ready(f(a, b))
-print("hessians", "done", flush=True)
+    print("hessians", "done", flush=True)
 """
 
 
-def test_large_batched_gradients_finish():
-    """value_and_grad through every output of 2,000 64x8 float32 problems (the programs that
-    hung on 2 cores before the ordering), and of 8,192 (factored in chunks), and the Hessians of
-    2,000 small problems (which hung before the values and the qr and cholesky methods took
-    their derivatives by products), in a fresh process with the default thread pool."""
-    assert run_with_xla_defaults(HUNG_BEFORE, timeout=240) == [
-        w
-        for name in ("gradients", "vmap", "ridge", "weights", "chunks", "hessians")
-        for w in (name, "done")
+# Each part in a process of its own, so that pytest-xdist's workers can share them (one process
+# for all of them took about 2 minutes, the suite's longest test by far; alone, 2 cores, the
+# solves took 26 s, the chunks 23 and the Hessians of both shapes 60).
+HUNG_BEFORE_PARTS = {
+    "solves": ("gradients", "vmap", "ridge", "weights"),
+    "chunks": ("chunks",),
+    "hessians-tall": ("hessians",),
+    "hessians-wide": ("hessians",),
+}
+
+
+@pytest.mark.parametrize("part", list(HUNG_BEFORE_PARTS))
+def test_large_batched_gradients_finish(part):
+    """value_and_grad through every output of 2,000 64x8 float32 problems (solves: the programs
+    that hung on 2 cores before the ordering), and of 8,192 (chunks: factored in chunks), and the
+    Hessians of 2,000 small problems (hessians-tall and -wide: which hung before the values and
+    the qr and cholesky methods took their derivatives by products), in a fresh process with the
+    default thread pool."""
+    script = f"PART = {part!r}\n" + HUNG_BEFORE
+    assert run_with_xla_defaults(script, timeout=240) == [
+        w for name in HUNG_BEFORE_PARTS[part] for w in (name, "done")
     ]

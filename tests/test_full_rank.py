@@ -125,6 +125,31 @@ def test_the_full_rank_certificate_is_sound_and_used(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("magnitude", ["tiny", "unit", "huge"])
+def test_the_certificate_takes_a_bound_on_the_entries_of_r(dtype, magnitude):
+    """pinv_solve hands _certainly_full a bound on R's entries from a's largest, sqrt(M N)
+    max |a_ij|, in place of R's own largest: it claims full rank for the same matrices, also near
+    the ends of the range that the solve leaves unscaled (1e-30 and 1e30 in float32, 1e-290 and
+    1e290 in float64), where the squares of R's or R^{-1}'s entries leave the normal range."""
+    rng = np.random.default_rng(5)
+    eps, big = np.finfo(dtype).eps, {np.float32: 1e30, np.float64: 1e290}[dtype]
+    factor = {"tiny": 1 / big, "unit": 1.0, "huge": big}[magnitude]
+    claims = []
+    for kind, (m, n) in SHAPES.items():
+        for smallest in np.logspace(-9, 0, 10):
+            a = with_singular_values(rng, m, n, [1, 0.9, 0.7, 0.5, 0.3, smallest]) * factor
+            tall = jnp.asarray(a if m >= n else a.conj().T, dtype)
+            r, r_inv = _factor_and_inverse(tall)
+            r_big = np.sqrt(m * n) * jnp.max(jnp.abs(tall))
+            for rcond in (1e-12, eps * max(m, n), 1e-4, 0.1):
+                rcond = jnp.asarray(rcond, dtype)
+                claim = bool(_certainly_full(r, r_inv, rcond, r_big))
+                assert claim == bool(_certainly_full(r, r_inv, rcond)), (kind, smallest, rcond)
+                claims.append(claim)
+    assert 0 < sum(claims) < len(claims)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("form", ["single", "vmap", "leading"])
 @pytest.mark.parametrize("kind", ["square", "tall", "wide"])
 def test_the_certificate_holds_where_r_inverse_passes_one_over_tiny(dtype, form, kind):

@@ -94,15 +94,17 @@ def frobenius(x: jax.Array) -> jax.Array:
     2^-e is applied as two factors, each a normal number. One factor (or x / max |x|, which XLA
     computes as x times 1 / max |x|) is subnormal where the largest entry exceeds 1 / tiny
     (float32: 8.5e37), and XLA flushes it to zero: every such norm came out 0, and a rank
-    deficient R, whose R^{-1} reached that size, passed _certainly_full's bound as full rank.
-    inf for a matrix with an infinite entry, NaN for one with a NaN.
+    deficient R, whose R^{-1} reached that size, passed the full-rank bound (then built on these
+    norms) as full rank. inf for a matrix with an infinite entry, NaN for one with a NaN. Used by
+    the normal equations' check (_methods); the full-rank bound now scales R by a bound from a's
+    largest entry instead (_full_rank._certainly_full), which needs no pass for the largest.
 
     Each matrix is reduced as one row of its entries (_flattened): over the two axes, XLA's CPU
-    reductions took 3.2-3.5 ms for the two norms of the full-rank bound of 10,000 8 x 8
-    factors, where over one row they took 1.0 (float32) and 1.9 ms (float64); the same
-    sums, bit for bit (one process, 60 interleaved rounds, 2 cores). A single small matrix pays
-    about 1 us more a norm (6 x 6: 14.4 us against 13.6); under vmap a batch is traced as one
-    matrix, so no shape test could keep single ones on the old form."""
+    reductions took 3.2-3.5 ms for two such norms of 10,000 8 x 8 factors (measured when the
+    full-rank bound used them), where over one row they took 1.0 (float32) and 1.9 ms
+    (float64); the same sums, bit for bit (one process, 60 interleaved rounds, 2 cores). A
+    single small matrix pays about 1 us more a norm (6 x 6: 14.4 us against 13.6); under vmap a
+    batch is traced as one matrix, so no shape test could keep single ones on the old form."""
     x = _flattened(x, column=False)
     big = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
     e = exponent(jnp.where((big > 0) & (big < jnp.inf), big, 1))

@@ -130,7 +130,8 @@ def test_the_certificate_takes_a_bound_on_the_entries_of_r(dtype, magnitude):
     """pinv_solve hands _certainly_full a bound on R's entries from a's largest, sqrt(M N)
     max |a_ij|, in place of R's own largest: it claims full rank for the same matrices, also near
     the ends of the range that the solve leaves unscaled (1e-30 and 1e30 in float32, 1e-290 and
-    1e290 in float64), where the squares of R's or R^{-1}'s entries leave the normal range."""
+    1e290 in float64), where the squares of R's or R^{-1}'s entries leave the normal range; and
+    where it claims full rank, NumPy's float64 values keep every value with room to spare."""
     rng = np.random.default_rng(5)
     eps, big = np.finfo(dtype).eps, {np.float32: 1e30, np.float64: 1e290}[dtype]
     factor = {"tiny": 1 / big, "unit": 1.0, "huge": big}[magnitude]
@@ -141,10 +142,13 @@ def test_the_certificate_takes_a_bound_on_the_entries_of_r(dtype, magnitude):
             tall = jnp.asarray(a if m >= n else a.conj().T, dtype)
             r, r_inv = _factor_and_inverse(tall)
             r_big = np.sqrt(m * n) * jnp.max(jnp.abs(tall))
+            s = np.linalg.svd(np.asarray(tall, np.float64), compute_uv=False)
             for rcond in (1e-12, eps * max(m, n), 1e-4, 0.1):
-                rcond = jnp.asarray(rcond, dtype)
-                claim = bool(_certainly_full(r, r_inv, rcond, r_big))
-                assert claim == bool(_certainly_full(r, r_inv, rcond)), (kind, smallest, rcond)
+                claim = bool(_certainly_full(r, r_inv, jnp.asarray(rcond, dtype), r_big))
+                same = bool(_certainly_full(r, r_inv, jnp.asarray(rcond, dtype)))
+                assert claim == same, (kind, smallest, rcond)
+                if claim:  # NumPy keeps every value, with room to spare
+                    assert s[-1] > 2 * rcond * s[0], (kind, smallest, rcond, s)
                 claims.append(claim)
     assert 0 < sum(claims) < len(claims)
 

@@ -196,8 +196,8 @@ def test_singular_values_where_values_repeat_or_vanish():
 def test_second_derivatives_of_singular_values(shape, complex_):
     """The Hessian of a function of the values (distinct and nonzero, where they have one)
     against jnp.linalg.svd's, in the real and imaginary parts of a complex a. Tall and wide
-    matrices reach the values through a QR; their second derivative comes from jaxlsq's own rule
-    for the vectors (_svd_solve.dense_svd), the square ones from JAX's SVD rule."""
+    matrices reach the values through a QR; the second derivative comes from jaxlsq's own rule
+    for the vectors (_svd_solve.dense_svd) at every shape."""
     rng = np.random.default_rng(21)
     a = randn(rng, shape, complex_)
     weights = rng.standard_normal(min(shape))
@@ -217,6 +217,42 @@ def test_second_derivatives_of_singular_values(shape, complex_):
     want = jax.hessian(by_jnp, argnums)(*args)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         assert_close(g, w, 1e-11)
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize(
+    "shape, rank", [((9, 4), 2), ((4, 9), 3), ((5, 5), 2)], ids=["tall", "wide", "square"]
+)
+def test_second_derivatives_of_smooth_functions_of_values_at_deficient_rank(shape, rank, complex_):
+    """At a rank-deficient a (zero values at rounding level, repeated ones where the rank is 2),
+    a function of the values' squares is a polynomial in a's entries:
+    sum(s^2) + sum(s^4) / 3 + sum(s^6) / 100 = tr(G) + tr(G^2) / 3 + tr(G^3) / 100 with
+    G = a^H a. Its Hessian through jaxlsq's values must equal the polynomial's, which
+    involves no SVD. (A function with a kink at a zero value, sum(s) say, has no Hessian there.)"""
+    rng = np.random.default_rng(22)
+    m, n = shape
+    a = randn(rng, (m, rank), complex_) @ randn(rng, (rank, n), complex_)
+    s = np.linalg.svd(a, compute_uv=False)
+    assert s[rank - 1] > 0.1 and np.all(s[rank:] < 1e-14 * s[0])
+
+    def at(re, im):
+        return re + 1j * im if complex_ else re
+
+    def of_values(re, im):
+        s = jaxlsq.lstsq(at(re, im), jnp.ones(m, a.dtype)).singular_values
+        return jnp.sum(s**2) + jnp.sum(s**4) / 3 + jnp.sum(s**6) / 100
+
+    def polynomial(re, im):
+        a = at(re, im)
+        g = jnp.conj(a).T @ a
+        g2 = g @ g
+        return jnp.real(jnp.trace(g) + jnp.trace(g2) / 3 + jnp.trace(g2 @ g) / 100)
+
+    args, argnums = (a.real, a.imag), (0, 1) if complex_ else 0
+    got = jax.jit(jax.hessian(of_values, argnums))(*args)
+    want = jax.hessian(polynomial, argnums)(*args)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert_close(g, w, 1e-12)
 
 
 def test_gradients_under_vmap_match_one_by_one():

@@ -157,10 +157,12 @@ def lstsq(
       nonzero; where values repeat only directional derivatives exist, and the rule is exact for
       symmetric functions of a repeated group (its sum, its sum of squares); at a zero value (a
       kink, like :math:`|t|`) it is the finite slope of the signed branch. Their second
-      derivatives follow JAX's SVD rule and exist only where values are distinct; at a
-      rank-deficient ``a`` functions of the squared values (``sum(s**2)``) have one and get it,
-      while a function with a kink at a zero value (``sum(s)``) has none there (README, "The
-      derivative rule and its assumption"). At exactly zero values they are NaN.
+      derivatives follow JAX's SVD rule and exist only where values are distinct (NaN where two
+      are exactly equal or one is exactly 0, an error of about ``eps`` over the relative gap
+      where two are close); at a rank-deficient ``a`` whose zero values are at
+      rounding level, functions of the squared values (``sum(s**2)``) get their Hessian, while a
+      function with a kink at a zero value (``sum(s)``) has none there (README, "The derivative
+      rule and its assumption").
       For one right-hand side the first-order work is :math:`O(MNK)` beyond the one factorization;
       second-order work adds dense factor tangents of :math:`O(MN\min(M, N))`.
 

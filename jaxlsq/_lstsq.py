@@ -159,10 +159,10 @@ def lstsq(
       kink, like :math:`|t|`) it is the finite slope of the signed branch. Their second
       derivatives follow JAX's SVD rule and exist only where values are distinct (NaN where two
       are exactly equal or one is exactly 0, an error of about ``eps`` over the relative gap
-      where two are close); at a rank-deficient ``a`` whose zero values are at
-      rounding level, functions of the squared values (``sum(s**2)``) get their Hessian, while a
-      function with a kink at a zero value (``sum(s)``) has none there (README, "The derivative
-      rule and its assumption").
+      where two are close). At a rank-deficient ``a`` whose zero values are at rounding level,
+      functions of the squared values (``sum(s**2)``) get their Hessian, while a function with
+      a kink at a zero value (``sum(s)``) has none there (README, "The derivative rule and its
+      assumption").
       For one right-hand side the first-order work is :math:`O(MNK)` beyond the one factorization;
       second-order work adds dense factor tangents of :math:`O(MN\min(M, N))`.
 

@@ -658,7 +658,10 @@ def _certainly_full(
     r_big = largest(r) if r_big is None else r_big
     usable = (r_big > 0) & (r_big < jnp.inf)
     e = jnp.where(usable, exponent(jnp.where(usable, r_big, 1)), 0)
-    e = jnp.clip(e, info.minexp + 1, info.maxexp - 1)[..., None, None]  # 2^-e, 2^e normal
+    # 2^-e and 2^e both normal: e in [minexp, maxexp - 2] (float32: -126 to 126; finfo's maxexp
+    # is one above the largest normal exponent). At maxexp - 1, 2^-e would be subnormal, flushed
+    # to 0, and R 2^-e's norm 0 would claim full rank for any R with entries near the top.
+    e = jnp.clip(e, info.minexp, info.maxexp - 2)[..., None, None]
     down, up = power_of_two(-e, info.dtype), power_of_two(e, info.dtype)
 
     def norm(x):

@@ -154,6 +154,20 @@ def test_the_certificate_takes_a_bound_on_the_entries_of_r(dtype, magnitude):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_certificate_at_the_top_of_the_range(dtype):
+    """R with entries just below the largest finite number (its own largest entry as the bound,
+    the default): the scaling 2^-e must stay a normal number there, or R 2^-e flushes to zero and
+    the bound claims full rank for any R. Checked against the values, which are R's diagonal."""
+    top = np.finfo(dtype).max
+    for big in (top / 2, top / 100):
+        for ratio, full in ((1e-8, False), (0.5, True)):
+            values = np.array([big, big * ratio], dtype)
+            r, r_inv = jnp.asarray(np.diag(values)), jnp.asarray(np.diag(1 / values))
+            claim = bool(_certainly_full(r, r_inv, jnp.asarray(1e-6, dtype)))
+            assert claim == full, (big, ratio)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("form", ["single", "vmap", "leading"])
 @pytest.mark.parametrize("kind", ["square", "tall", "wide"])
 def test_the_certificate_holds_where_r_inverse_passes_one_over_tiny(dtype, form, kind):

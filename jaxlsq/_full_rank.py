@@ -661,6 +661,7 @@ def _certainly_full(
     # 2^-e and 2^e both normal: e in [minexp, maxexp - 2] (float32: -126 to 126; finfo's maxexp
     # is one above the largest normal exponent). At maxexp - 1, 2^-e would be subnormal, flushed
     # to 0, and R 2^-e's norm 0 would claim full rank for any R with entries near the top.
+    # Clipped there, R 2^-e's entries stay below 4 (float32: 3.4e38 / 2^126), squares finite.
     e = jnp.clip(e, info.minexp, info.maxexp - 2)[..., None, None]
     down, up = power_of_two(-e, info.dtype), power_of_two(e, info.dtype)
 

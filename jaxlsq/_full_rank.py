@@ -106,6 +106,7 @@ from ._svd_solve import (
     rank_of,
     unit,
 )
+from ._validate import zero_unless
 
 
 @custom_vmap
@@ -139,6 +140,7 @@ def pinv_solve(
     copies: int = 1,
     a_big: jax.Array | None = None,
     b_big: jax.Array | None = None,
+    b_ok: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """x = A^+ b, a's singular values, its rank (int32) and the residuals ||b - a x||^2 of each
     column (..., K), for a (..., M, N) and b (..., M, K); b's batch dimensions broadcast against
@@ -153,10 +155,15 @@ def pinv_solve(
     see the others as zeros, masked where they read a (see _tall_factor); the derivative takes a
     itself, whose non-finite entries then make it NaN. copies: see paired_solve. a_big, b_big:
     a's and b's largest entries (their batch shapes), where the caller has them from its
-    finiteness checks (see _scaling.extent).
+    finiteness checks (see _scaling.extent). b_ok (b's batch shape and K, default all True):
+    which columns of b are finite; the others are read as zeros (_validate.zero_unless), also
+    inside the residuals' lax.cond, which then takes b itself: an operand of a cond is a whole
+    buffer, so a masked b there would be a copy of b (2000 x 64: 0.1 ms, in a transposed layout).
     """
     kind = orientation(a)
     a_ok = jnp.ones(a.shape[:-2], bool) if a_ok is None else a_ok
+    b_ok = jnp.ones((*b.shape[:-2], b.shape[-1]), bool) if b_ok is None else b_ok
+    b_given, b = b, zero_unless(b, b_ok[..., None, :])
     # a lax.cond's branches vary alike under shard_map whatever each reads (see varying_alike)
     alike = lambda f: varying_alike(f, a, b, rcond, a_ok)  # noqa: E731
     # The factorizations see a and b scaled into LAPACK's safe range (see _scaling), x and the
@@ -231,12 +238,16 @@ def pinv_solve(
     x = scaled_back(x, a_scale, b_scale)
     fit = a, b, x
     if kind == "tall":  # the shortcut's x is the least-squares solution: residuals from the QR
+        masked = lambda f: lambda a, b, x, known, ok: f(a, zero_unless(b, ok), x, known)  # noqa: E731
         residuals = lax.cond(
             full,
-            varying_alike(_fitted_residuals, *fit),
-            varying_alike(_product_residuals, *fit),
-            *fit,
+            varying_alike(masked(_fitted_residuals), *fit),
+            varying_alike(masked(_product_residuals), *fit),
+            a,
+            b_given,
+            x,
             lax.stop_gradient(_squares_scaled_back(rest, b_scale)),
+            b_ok[..., None, :],
         )
     else:  # a wide a: the product (at full rank, the rounding errors of a consistent system)
         residuals = _product_residuals(*fit)

@@ -337,7 +337,7 @@ def _lstsq_core(
     a_big, finite_a = extent(a)
     b_columns, finite_b = extent(b, columns=True)
     b_big = jnp.max(jnp.where(finite_b, b_columns, 0), axis=-1, initial=0)  # of b masked below
-    a_given = a
+    a_given, b_given = a, b
     a = _validate.zero_unless(a, finite_a[..., None, None])
     b = _validate.zero_unless(b, finite_b[..., None, :])
     # Invalid options poison their problem: NaN in value and (multiplied in) in derivatives. A
@@ -382,7 +382,9 @@ def _lstsq_core(
             s = singular_values(root * a, x)
             rank = rank_of(s, rcond)
         elif lam is None:  # its rank needs no singular values where the bound settles it
-            x, s, rank, residuals = pinv_solve(a_given, b, rcond, finite_a, copies, a_big, b_big)
+            x, s, rank, residuals = pinv_solve(
+                a_given, b_given, rcond, finite_a, copies, a_big, b_big, finite_b
+            )
             s = singular_values_of(a, s)
         else:
             x = ridge_solve(a, b, rcond, lam)

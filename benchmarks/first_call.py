@@ -42,14 +42,17 @@ print(json.dumps(times))
 SHAPES = {"200x50": (200, 50), "10000 x (64x8)": (10000, 64, 8)}
 
 
-def first_calls(cache: str, shape: tuple[int, ...]) -> list[float]:
+def in_new_process(script: str, *args: str):
+    """Runs script in a fresh Python process with args (its sys.argv[1:]); the JSON value it
+    prints on its last line."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, cache, json.dumps(shape)],
-        check=True,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-c", script, *args], check=True, capture_output=True, text=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def first_calls(cache: str, shape: tuple[int, ...]) -> list[float]:
+    return in_new_process(CHILD, cache, json.dumps(shape))
 
 
 def main() -> None:

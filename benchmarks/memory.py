@@ -12,9 +12,8 @@ Run: python3 -m benchmarks.memory [--shapes 40]
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
+
+from .first_call import in_new_process
 
 CHILD = r"""
 import gc, json, os, sys
@@ -54,13 +53,7 @@ def main() -> None:
     print("| system | MiB of resident memory per shape |")
     print("|---|---|")
     for system in SYSTEMS:
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, system, str(args.shapes)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        growth = json.loads(out.stdout.strip().splitlines()[-1])
+        growth = in_new_process(CHILD, system, str(args.shapes))
         print(f"| {system} | {growth:.1f} |", flush=True)
 
 
